@@ -1,0 +1,51 @@
+# The user's verbs. Every target that needs Python builds .venv on demand.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+NODES ?= 2
+ARGS  ?=
+LR      ?= 0.02,0.01
+DROPOUT ?= 0.5,0.3
+DEMO_SHARDS := data/shards/demo
+
+.PHONY: install test test-fast lint train sweep shards bench bench-gpu clean
+
+install: $(STAMP)
+
+# torch first, by itself: its wheel decides CPU vs CUDA build, and a range here lets users keep newer torch.
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install -q "torch>=2.4" "torchvision>=0.19"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+$(DEMO_SHARDS)/manifest.json: | $(STAMP)
+	$(PY) -m shards demo --out $(DEMO_SHARDS)
+
+shards: $(STAMP) $(DEMO_SHARDS)/manifest.json
+
+train: $(STAMP) $(DEMO_SHARDS)/manifest.json
+	$(PY) -m orchestrator.train cluster.nodes=$(NODES) $(ARGS)
+
+sweep: $(STAMP) $(DEMO_SHARDS)/manifest.json
+	$(PY) -m orchestrator.train -m optim.lr=$(LR) model.dropout=$(DROPOUT) cluster.nodes=$(NODES) $(ARGS)
+
+bench: $(STAMP) $(DEMO_SHARDS)/manifest.json
+	$(PY) -m orchestrator.bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache outputs multirun bench.json
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

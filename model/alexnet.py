@@ -1,0 +1,204 @@
+"""The 2012 two-tower AlexNet (Krizhevsky, Sutskever & Hinton), split exactly where the paper
+split it across its two GPUs.
+
+Each tower owns half of every layer. C1, C2, C4 and C5 read only their own tower; C3, F6, F7
+and F8 read both towers, so those four are the only places where activations cross devices.
+
+Input size: 224 with conv1 padding 2 (torchvision's choice) rather than Caffe's 227 without
+padding. Both give the paper's 55x55x96 after C1, but 224 is the crop size the paper states
+and the one every modern ImageNet pipeline produces, so shards and crops need no special case.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Per tower: kernels of C1..C5, then neurons of F6 and F7 (paper, section 3.5).
+PAPER_TOWER_WIDTHS = (48, 128, 192, 192, 128, 2048)
+PAPER_INPUT_SIZE = 224
+INITS = ("paper", "kaiming")
+
+
+def pooled_size(input_size: int) -> int:
+    """Spatial size after C1 (11/4, pad 2) and the three 3/2 max-pools; C2-C5 keep the size."""
+    size = (input_size + 2 * 2 - 11) // 4 + 1
+    for _ in range(3):
+        size = (size - 3) // 2 + 1
+    return size
+
+
+def tower_widths(width: float) -> tuple[int, ...]:
+    return tuple(max(1, round(w * width)) for w in PAPER_TOWER_WIDTHS)
+
+
+class Tower(nn.Module):
+    """One GPU's half of the network. C3, F6, F7 and F8 take both towers' outputs as input."""
+
+    def __init__(self, widths: tuple[int, ...], pooled: int, classes: int) -> None:
+        super().__init__()
+        c1, c2, c3, c4, c5, fc = widths
+        self.conv1 = nn.Conv2d(3, c1, 11, stride=4, padding=2)
+        self.conv2 = nn.Conv2d(c1, c2, 5, padding=2)
+        self.conv3 = nn.Conv2d(2 * c2, c3, 3, padding=1)
+        self.conv4 = nn.Conv2d(c3, c4, 3, padding=1)
+        self.conv5 = nn.Conv2d(c4, c5, 3, padding=1)
+        self.fc6 = nn.Linear(2 * c5 * pooled * pooled, fc)
+        self.fc7 = nn.Linear(2 * fc, fc)
+        self.fc8 = nn.Linear(2 * fc, classes)
+
+    def layers(self) -> Iterator[tuple[str, nn.Conv2d | nn.Linear]]:
+        for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"):
+            yield name, getattr(self, name)
+
+
+@dataclass(frozen=True)
+class Placement:
+    tower_a: torch.device
+    tower_b: torch.device
+    fused: bool  # both towers on one device computed with grouped convolutions
+
+    @property
+    def split(self) -> bool:
+        return self.tower_a != self.tower_b
+
+
+class AlexNet(nn.Module):
+    """The paper's grouped two-tower AlexNet: 60,965,224 parameters at 1000 classes, width 1.
+
+    `width` scales every layer (same topology) for CPU demos; `input_size` may be any size the
+    pooling chain accepts (e.g. 67 or 99 for a mini net). Call `place()` to put the towers on
+    devices; parameter names are the same whatever the placement, so checkpoints move freely.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        dropout: float = 0.5,
+        width: float = 1.0,
+        input_size: int = PAPER_INPUT_SIZE,
+        init: str = "paper",
+    ) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if width <= 0:
+            raise ValueError(f"width must be positive, got {width}")
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        pooled = pooled_size(input_size)
+        if pooled < 1:
+            raise ValueError(
+                f"input_size {input_size} is too small for AlexNet's pooling chain; use at least 63"
+            )
+        self.num_classes = num_classes
+        self.input_size = input_size
+        self.widths = tower_widths(width)
+        # The paper splits F8's 1000 outputs 500/500; an odd count gives tower A the extra one.
+        classes_a = math.ceil(num_classes / 2)
+        self.tower_a = Tower(self.widths, pooled, classes_a)
+        self.tower_b = Tower(self.widths, pooled, num_classes - classes_a)
+        # Applied within each tower, as on the authors' GPUs: k=2, n=5, alpha=1e-4, beta=0.75.
+        self.lrn = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)
+        self.pool = nn.MaxPool2d(3, stride=2)
+        self.dropout = nn.Dropout(dropout)
+        self.reset_parameters(init)
+        cpu = torch.device("cpu")
+        self.placement = Placement(cpu, cpu, fused=True)
+
+    def reset_parameters(self, init: str = "paper") -> None:
+        """paper: weights N(0, 0.01); biases 1 in C2, C4, C5, F6, F7, else 0 (section 5).
+        kaiming: He-normal weights, zero biases; trains narrow nets from scratch reliably."""
+        for tower in (self.tower_a, self.tower_b):
+            for name, layer in tower.layers():
+                if init == "paper":
+                    nn.init.normal_(layer.weight, 0.0, 0.01)
+                    one = name in ("conv2", "conv4", "conv5", "fc6", "fc7")
+                    nn.init.constant_(layer.bias, 1.0 if one else 0.0)
+                else:
+                    nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+                    nn.init.zeros_(layer.bias)
+
+    def place(
+        self,
+        tower_a: torch.device | str,
+        tower_b: torch.device | str | None = None,
+        fused: bool | None = None,
+    ) -> AlexNet:
+        """Put tower A on `tower_a` and tower B on `tower_b` (default: the same device).
+
+        On one device the towers run as grouped convolutions (`fused`, the default there); pass
+        fused=False to run the two-device code path on one device. Output lands on `tower_a`.
+        """
+        dev_a = torch.device(tower_a)
+        dev_b = torch.device(tower_b) if tower_b is not None else dev_a
+        if fused is None:
+            fused = dev_a == dev_b
+        if fused and dev_a != dev_b:
+            raise ValueError("fused=True needs both towers on one device")
+        self.tower_a.to(dev_a)
+        self.tower_b.to(dev_b)
+        self.placement = Placement(dev_a, dev_b, fused)
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.placement.fused:
+            return self._forward_fused(x)
+        return self._forward_split(x)
+
+    # Two towers, each on its own device: crossings are the only device-to-device copies.
+    def _cross(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        dev_a, dev_b = self.placement.tower_a, self.placement.tower_b
+        return torch.cat([a, b.to(dev_a)], 1), torch.cat([a.to(dev_b), b], 1)
+
+    def _forward_split(self, x: torch.Tensor) -> torch.Tensor:
+        ta, tb = self.tower_a, self.tower_b
+        a, b = x.to(self.placement.tower_a), x.to(self.placement.tower_b)
+        a = self.pool(self.lrn(F.relu(ta.conv1(a))))
+        b = self.pool(self.lrn(F.relu(tb.conv1(b))))
+        a = self.pool(self.lrn(F.relu(ta.conv2(a))))
+        b = self.pool(self.lrn(F.relu(tb.conv2(b))))
+        a, b = self._cross(a, b)  # into C3
+        a = self.pool(F.relu(ta.conv5(F.relu(ta.conv4(F.relu(ta.conv3(a)))))))
+        b = self.pool(F.relu(tb.conv5(F.relu(tb.conv4(F.relu(tb.conv3(b)))))))
+        # Dropout acts on each neuron once, in its own tower, before the crossing.
+        a, b = self._cross(self.dropout(a.flatten(1)), self.dropout(b.flatten(1)))  # into F6
+        a, b = F.relu(ta.fc6(a)), F.relu(tb.fc6(b))
+        a, b = self._cross(self.dropout(a), self.dropout(b))  # into F7
+        a, b = F.relu(ta.fc7(a)), F.relu(tb.fc7(b))
+        a, b = self._cross(a, b)  # into F8
+        return torch.cat([ta.fc8(a), tb.fc8(b).to(self.placement.tower_a)], 1)
+
+    # Both towers on one device: the same function as grouped convolutions (Caffe's `group: 2`),
+    # one kernel per layer instead of two. Channels are laid out [tower A | tower B] throughout.
+    def _conv(self, name: str, x: torch.Tensor, groups: int) -> torch.Tensor:
+        a, b = getattr(self.tower_a, name), getattr(self.tower_b, name)
+        weight = torch.cat([a.weight, b.weight])
+        bias = torch.cat([a.bias, b.bias])
+        return F.relu(F.conv2d(x, weight, bias, a.stride, a.padding, groups=groups))
+
+    def _tower_lrn(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        return self.lrn(x.reshape(n * 2, c // 2, h, w)).reshape(n, c, h, w)
+
+    def _fc(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        # Two matmuls on the shared input instead of concatenating 37M weights every step.
+        a, b = getattr(self.tower_a, name), getattr(self.tower_b, name)
+        return torch.cat([a(x), b(x)], 1)
+
+    def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.placement.tower_a)
+        x = self.pool(self._tower_lrn(self._conv("conv1", x, groups=1)))
+        x = self.pool(self._tower_lrn(self._conv("conv2", x, groups=2)))
+        x = self._conv("conv3", x, groups=1)  # reads both towers
+        x = self.pool(self._conv("conv5", self._conv("conv4", x, groups=2), groups=2))
+        x = F.relu(self._fc("fc6", self.dropout(x.flatten(1))))
+        x = F.relu(self._fc("fc7", self.dropout(x)))
+        return self._fc("fc8", x)

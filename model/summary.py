@@ -1,0 +1,54 @@
+"""The paper's layer table (section 3.5, figure 2), derived from a built network."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from model.alexnet import AlexNet
+
+
+@dataclass(frozen=True)
+class LayerRow:
+    layer: str
+    input: str
+    kernel: str
+    output: str
+    params_per_tower: int  # tower A's count; tower B differs only in F8 when classes are odd
+    params: int  # both towers
+
+
+def _count(*modules) -> int:
+    return sum(p.numel() for m in modules for p in m.parameters())
+
+
+def layer_table(model: AlexNet) -> list[LayerRow]:
+    a, b = model.tower_a, model.tower_b
+    c1, c2, c3, c4, c5, fc = (2 * w for w in model.widths)
+
+    def hwc(size: int, channels: int) -> str:
+        return f"{size}x{size}x{channels}"
+
+    s0 = model.input_size
+    s1 = (s0 + 4 - 11) // 4 + 1
+    p1 = (s1 - 3) // 2 + 1
+    p2 = (p1 - 3) // 2 + 1
+    p3 = (p2 - 3) // 2 + 1
+    rows = [
+        ("C1", hwc(s0, 3), "11x11/4", hwc(s1, c1), "conv1"),
+        ("LRN1 + pool1", hwc(s1, c1), "3x3/2", hwc(p1, c1), None),
+        ("C2", hwc(p1, c1), "5x5/1", hwc(p1, c2), "conv2"),
+        ("LRN2 + pool2", hwc(p1, c2), "3x3/2", hwc(p2, c2), None),
+        ("C3 (both towers)", hwc(p2, c2), "3x3/1", hwc(p2, c3), "conv3"),
+        ("C4", hwc(p2, c3), "3x3/1", hwc(p2, c4), "conv4"),
+        ("C5", hwc(p2, c4), "3x3/1", hwc(p2, c5), "conv5"),
+        ("pool5", hwc(p2, c5), "3x3/2", hwc(p3, c5), None),
+        ("F6 (both towers)", str(c5 * p3 * p3), "-", str(fc), "fc6"),
+        ("F7 (both towers)", str(fc), "-", str(fc), "fc7"),
+        ("F8 (both towers)", str(fc), "-", str(model.num_classes), "fc8"),
+    ]
+    table = []
+    for layer, inp, kernel, out, name in rows:
+        per_tower = _count(getattr(a, name)) if name else 0
+        total = _count(getattr(a, name), getattr(b, name)) if name else 0
+        table.append(LayerRow(layer, inp, kernel, out, per_tower, total))
+    return table
