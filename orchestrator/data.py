@@ -1,0 +1,269 @@
+"""Streaming shards to the model: which rank reads what, host-side uint8 crops, device-side
+float normalisation and the paper's PCA colour noise.
+
+What each rank sees is a pure function of (seed, epoch, rank, world size): shards are dealt to
+ranks per epoch, each loader process shuffles its own stream with a seeded buffer, and every
+batch's augmentation is seeded by its index. So every rank runs the same number of batches
+(DDP never waits on a rank that ran dry), and a resumed run can skip exactly the batches a
+checkpoint had consumed, without decoding them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+import fsspec
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torchvision.transforms import v2
+from webdataset.filters import _shuffle
+from webdataset.tariterators import group_by_keys, tar_file_expander
+
+from shards.manifest import Manifest, ShardInfo
+
+
+def stable_seed(*parts: object) -> int:
+    """A stable 63-bit seed from parts (Python's hash() differs between processes)."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 1
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What one reader takes: these shards, and of their samples every `stride`-th from `offset`."""
+
+    shards: tuple[ShardInfo, ...]
+    offset: int = 0
+    stride: int = 1
+
+    @property
+    def samples(self) -> int:
+        return sum(len(range(self.offset, s.samples, self.stride)) for s in self.shards)
+
+    def split(self, parts: int) -> list[Reading]:
+        """Divide among `parts` readers: by shard when there are enough, else by sample."""
+        if len(self.shards) >= parts:
+            return [replace(self, shards=self.shards[i::parts]) for i in range(parts)]
+        return [
+            replace(self, offset=self.offset + self.stride * i, stride=self.stride * parts)
+            for i in range(parts)
+        ]
+
+
+def deal(shards: list[ShardInfo], world: int, rng: random.Random | None) -> list[Reading]:
+    """One Reading per rank. With a rng (training) the shards are shuffled, then dealt largest
+    first to the rank with the fewest samples so far, which keeps ranks within a shard."""
+    order = list(shards)
+    if rng is not None:
+        rng.shuffle(order)
+    if len(order) < world:
+        return Reading(tuple(order)).split(world)
+    bins: list[list[ShardInfo]] = [[] for _ in range(world)]
+    loads = [0] * world
+    for shard in sorted(order, key=lambda s: -s.samples) if rng is not None else order:
+        r = loads.index(min(loads))
+        bins[r].append(shard)
+        loads[r] += shard.samples
+    if rng is not None:
+        for b in bins:
+            rng.shuffle(b)
+    return [Reading(tuple(b)) for b in bins]
+
+
+def steps_per_epoch(shards: list[ShardInfo], world: int, batch_size: int, seed: int, epoch: int) -> int:
+    """Batches every rank runs this epoch: what the smallest rank's share holds in full batches."""
+    readings = deal(shards, world, random.Random(stable_seed(seed, epoch)))
+    return min(r.samples for r in readings) // batch_size
+
+
+def samples(reading: Reading, root: str, storage_options: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Raw (undecoded) samples of a Reading, through fsspec, so s3:// and gs:// work everywhere."""
+
+    def streams():
+        for shard in reading.shards:
+            url = f"{root}/{shard.name}"
+            with fsspec.open(url, "rb", **storage_options) as stream:
+                yield {"url": url, "stream": stream}
+
+    url, index = None, 0
+    for sample in group_by_keys(tar_file_expander(streams())):
+        if sample["__url__"] != url:
+            url, index = sample["__url__"], 0
+        if index % reading.stride == reading.offset:
+            yield sample
+        index += 1
+
+
+class Augment:
+    """Host side, on uint8: the crop and flip. Float conversion happens on the device."""
+
+    def __init__(self, kind: str, size: int, short_side: int, train: bool) -> None:
+        if not train:
+            self.transform = v2.CenterCrop(size)
+        elif kind == "paper":  # the centre square of the resized image, then a random crop of it
+            self.transform = v2.Compose(
+                [v2.CenterCrop(short_side), v2.RandomCrop(size), v2.RandomHorizontalFlip()]
+            )
+        else:
+            self.transform = v2.Compose(
+                [v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()]
+            )
+
+    def __call__(self, jpg: bytes) -> np.ndarray:
+        with Image.open(io.BytesIO(jpg)) as img:
+            return np.asarray(self.transform(img.convert("RGB")))
+
+
+def decode_batch(batch: list[dict[str, Any]], augment: Augment) -> tuple[torch.Tensor, torch.Tensor]:
+    images = torch.from_numpy(np.stack([augment(s["jpg"]) for s in batch]))
+    labels = torch.tensor([int(s["cls"]) for s in batch])
+    return images, labels
+
+
+class TrainStream(IterableDataset):
+    """One rank's training batches for one epoch: (uint8 NHWC images, int64 labels).
+
+    `skip` batches were consumed before a checkpoint: they are drawn and dropped undecoded."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        root: str,
+        storage_options: dict[str, Any],
+        *,
+        seed: int,
+        epoch: int,
+        rank: int,
+        world: int,
+        batch_size: int,
+        augment: Augment,
+        shuffle_buffer: int,
+        skip: int = 0,
+    ) -> None:
+        self.root, self.storage_options = root, storage_options
+        shards = manifest.splits["train"]
+        self.reading = deal(shards, world, random.Random(stable_seed(seed, epoch)))[rank]
+        self.steps = steps_per_epoch(shards, world, batch_size, seed, epoch)
+        self.key = (seed, epoch, rank)
+        self.batch_size, self.augment, self.buffer, self.skip = batch_size, augment, shuffle_buffer, skip
+
+    def __len__(self) -> int:
+        return self.steps - self.skip
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        reading = self.reading.split(workers)[worker]
+        # The DataLoader takes batches from its workers in turn: batch i comes from worker i % n.
+        mine = range(worker, self.steps, workers)
+        for index, batch in zip(mine, self._raw_batches(reading, worker), strict=False):
+            if index < self.skip:
+                continue
+            torch.manual_seed(stable_seed(*self.key, "batch", index))
+            yield decode_batch(batch, self.augment)
+
+    def _raw_batches(self, reading: Reading, worker: int) -> Iterator[list[dict[str, Any]]]:
+        """Shuffled batches of raw samples, cycling the reading if this worker runs short."""
+        cycle = 0
+        batch: list[dict[str, Any]] = []
+        while True:
+            rng = random.Random(stable_seed(*self.key, "worker", worker, cycle))
+            drawn = 0
+            for sample in _shuffle(
+                samples(reading, self.root, self.storage_options), self.buffer, min(self.buffer, 100), rng=rng
+            ):
+                drawn += 1
+                batch.append(sample)
+                if len(batch) == self.batch_size:
+                    yield batch
+                    batch = []
+            if drawn == 0:
+                return
+            cycle += 1
+
+
+class EvalStream(IterableDataset):
+    """One rank's share of the val split, in order; every sample once across all ranks.
+    With ten_crop, images are (N, 10, H, W, 3): four corners, centre, and their flips."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        root: str,
+        storage_options: dict[str, Any],
+        *,
+        rank: int,
+        world: int,
+        batch_size: int,
+        size: int,
+        ten_crop: bool = False,
+    ) -> None:
+        self.root, self.storage_options = root, storage_options
+        self.reading = deal(manifest.splits["val"], world, None)[rank]
+        self.batch_size, self.size, self.ten_crop = batch_size, size, ten_crop
+        self.centre = Augment("paper", size, size, train=False)
+        self.ten = v2.TenCrop(size)
+
+    def _crops(self, jpg: bytes) -> np.ndarray:
+        if not self.ten_crop:
+            return self.centre(jpg)
+        with Image.open(io.BytesIO(jpg)) as img:
+            return np.stack([np.asarray(c) for c in self.ten(img.convert("RGB"))])
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        batch: list[dict[str, Any]] = []
+        for sample in samples(self.reading.split(workers)[worker], self.root, self.storage_options):
+            batch.append(sample)
+            if len(batch) == self.batch_size:
+                yield self._decode(batch)
+                batch = []
+        if batch:
+            yield self._decode(batch)
+
+    def _decode(self, batch: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
+        images = torch.from_numpy(np.stack([self._crops(s["jpg"]) for s in batch]))
+        return images, torch.tensor([int(s["cls"]) for s in batch])
+
+
+def loader(dataset: IterableDataset, workers: int, pin_memory: bool) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=None,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+        prefetch_factor=4 if workers else None,
+    )
+
+
+class DeviceTransform:
+    """On the first tower's device: uint8 NHWC -> float NCHW, PCA lighting (train), normalise."""
+
+    def __init__(
+        self, manifest: Manifest, device: torch.device, lighting: float, channels_last: bool
+    ) -> None:
+        stats = manifest.stats
+        self.mean = torch.tensor(stats.mean, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(stats.std, device=device).view(1, 3, 1, 1)
+        self.eigval = torch.tensor(stats.eigval, device=device)
+        self.eigvec = torch.tensor(stats.eigvec, device=device)
+        self.device, self.lighting, self.channels_last = device, lighting, channels_last
+
+    def __call__(self, images: torch.Tensor, train: bool) -> torch.Tensor:
+        x = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
+        if train and self.lighting > 0:
+            # Paper 4.1: add eigvec @ (alpha * eigval), alpha ~ N(0, 0.1), to every pixel.
+            alpha = torch.randn(x.shape[0], 3, device=self.device) * self.lighting
+            x = x + (alpha * self.eigval @ self.eigvec.T).view(-1, 3, 1, 1)
+        x = (x - self.mean) / self.std
+        return x.contiguous(
+            memory_format=torch.channels_last if self.channels_last else torch.contiguous_format
+        )

@@ -1,0 +1,185 @@
+"""python -m orchestrator.train [overrides]: compose and check the config, start or join Ray, run
+one Ray Train job (DDP across workers, the two-tower AlexNet across each worker's GPUs)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+import hydra
+import ray
+import ray.train
+from omegaconf import DictConfig, OmegaConf
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from orchestrator import storage
+from orchestrator.config import REPO_ROOT, ConfigError, register, validate
+from orchestrator.loop import train_loop
+from orchestrator.runs import RunRecord
+from orchestrator.tracking import public_config
+from shards.manifest import read_manifest
+
+OmegaConf.register_new_resolver("repo", lambda path: os.path.join(REPO_ROOT, path), replace=True)
+register()
+
+SHIP_EXCLUDES = ["data/", "runs/", "outputs/", "multirun/", "wandb/", ".venv/", ".git/", "*.tar"]
+
+
+def prepare(cfg: DictConfig) -> dict[str, Any]:
+    """Everything that can be checked before Ray starts; returns the plain config workers get."""
+    config = validate(cfg)
+    d = config["data"]
+    try:
+        manifest = read_manifest(d["url"], d["storage_options"])
+    except FileNotFoundError:
+        raise ConfigError(
+            f"data.url={d['url']} holds no manifest.json; build shards there first (make shards, "
+            "or python -m shards imagenet ... --out URL)"
+        ) from None
+    if "train" not in manifest.splits or "val" not in manifest.splits:
+        raise ConfigError(f"data.url={d['url']} lacks a train or val split; convert both splits into it")
+    short = manifest.settings.get("resize", 0)
+    if short < config["model"]["input_size"]:
+        raise ConfigError(
+            f"the shards are {short} px but model.input_size={config['model']['input_size']}; "
+            "pick a smaller model.input_size (e.g. model=alexnet_mini) or reshard with a larger --resize"
+        )
+    if config["run_name"] is None:
+        config["run_name"] = f"{config['experiment']}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_url = storage.join(config["storage"]["url"], config["run_name"])
+    options = config["storage"]["options"]
+    if not config["resume"] and storage.exists(storage.join(run_url, "metrics.jsonl"), options):
+        raise ConfigError(
+            f"run {config['run_name']} already exists in {config['storage']['url']}; "
+            "pass resume=true to continue it, or choose another run_name"
+        )
+    local_run = run_url.removeprefix("file://") if storage.is_local(run_url) else None
+    config["logger"]["dir"] = local_run or os.path.abspath("wandb-runs")
+    return config
+
+
+def connect(config: dict[str, Any]) -> None:
+    """Join cluster.address (or RAY_ADDRESS) shipping this repo, or start Ray on this machine."""
+    if ray.is_initialized():  # a sweep reuses one Ray for all its jobs
+        return
+    address = config["cluster"]["address"]
+    if address:
+        ray.init(
+            address=address,
+            runtime_env={"working_dir": REPO_ROOT, "excludes": SHIP_EXCLUDES},
+            logging_level=logging.WARNING,
+        )
+    else:
+        ray.init(logging_level=logging.WARNING)
+
+
+def scaling(config: dict[str, Any]) -> tuple[ray.train.ScalingConfig, TorchConfig]:
+    cluster = config["cluster"]
+    nodes, gpus = cluster["nodes"], cluster["gpus_per_worker"]
+    total = ray.cluster_resources()
+    use_gpu = gpus > 0 and total.get("GPU", 0) > 0
+    if gpus > 0 and not use_gpu:
+        print("No GPUs in this Ray cluster: training on the CPU (gloo backend).", flush=True)
+    cpus = cluster["cpus_per_worker"]
+    if not cluster["address"]:  # an embedded Ray: fractional CPUs so every worker fits
+        cpus = min(cpus, total.get("CPU", 1) / nodes)
+    resources = {"CPU": cpus, **({"GPU": gpus} if use_gpu else {})}
+    return (
+        ray.train.ScalingConfig(num_workers=nodes, use_gpu=use_gpu, resources_per_worker=resources),
+        TorchConfig(backend="nccl" if use_gpu else "gloo"),
+    )
+
+
+def launch(config: dict[str, Any]) -> ray.train.Result:
+    connect(config)
+    scaling_config, torch_config = scaling(config)
+    storage_path, storage_fs = storage.ray_storage(config["storage"]["url"], config["storage"]["options"])
+    run_url = storage.join(config["storage"]["url"], config["run_name"])
+    storage.write_text(
+        storage.join(run_url, "config.yaml"),
+        OmegaConf.to_yaml(public_config(config)),
+        config["storage"]["options"],
+    )
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config=config,
+        torch_config=torch_config,
+        scaling_config=scaling_config,
+        run_config=ray.train.RunConfig(
+            name=config["run_name"],
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
+            failure_config=ray.train.FailureConfig(max_failures=config["cluster"]["max_failures"]),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config["checkpoint"]["keep"]),
+            # Train's print patch tees print() into its logger: every line would show twice.
+            worker_runtime_env={"env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
+        ),
+    )
+    return trainer.fit()
+
+
+def summarize(config: dict[str, Any], result: ray.train.Result, seconds: float) -> float:
+    """Print what a user wants at the end: accuracy, speed, and where everything is."""
+    options = config["storage"]["options"]
+    run_url = storage.join(config["storage"]["url"], config["run_name"])
+    record = RunRecord.read(run_url, options)
+    failed = result.error is not None
+    record_event = {"event": "failed" if failed else "finished", "seconds": round(seconds, 1)}
+    if failed:
+        record_event["error"] = str(result.error).splitlines()[0][:300]
+    storage.write_text(
+        storage.join(run_url, "metrics.jsonl"),
+        "".join(json.dumps(line) + "\n" for line in [*record.lines, record_event]),
+        options,
+    )
+    best = record.best() or {}
+    rate = record.images_per_s()
+    wandb = record.events("wandb")
+    checkpoint = result.checkpoint.path if result.checkpoint else None
+    if checkpoint and not storage.is_local(config["storage"]["url"]):
+        checkpoint = config["storage"]["url"].split("://", 1)[0] + "://" + checkpoint
+    lines = [
+        f"run {config['run_name']}: {'FAILED' if failed else 'finished'} in {seconds:,.0f} s "
+        f"({record.epochs_done()} epochs, {config['cluster']['nodes']} workers)",
+        f"  val top-1 {best.get('val/top1', 0):.1%}  top-5 {best.get('val/top5', 0):.1%} (best epoch "
+        f"{best.get('epoch', -1) + 1})  train speed {rate or 0:,.0f} images/s",
+        f"  checkpoint  {checkpoint}",
+        f"  metrics     {storage.join(run_url, 'metrics.jsonl')}",
+    ]
+    if wandb:
+        w = wandb[-1]
+        where = (
+            w["url"]
+            if w["mode"] == "online"
+            else f"{w['dir']} (offline; upload with: wandb sync {w['dir']})"
+        )
+        lines.append(f"  W&B         {where}")
+    print("\n".join(lines), flush=True)
+    if failed:
+        print(f"error: the training job failed: {record_event['error']}", file=sys.stderr)
+        raise SystemExit(1)
+    return best.get("val/top1", 0.0)
+
+
+def run(cfg: DictConfig) -> float:
+    config = prepare(cfg)
+    start = time.perf_counter()
+    result = launch(config)
+    return summarize(config, result, time.perf_counter() - start)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float:
+    try:
+        return run(cfg)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
