@@ -156,7 +156,7 @@ class TrainStream(IterableDataset):
     def __len__(self) -> int:
         return self.steps - self.skip
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         reading = self.reading.split(workers)[worker]
@@ -166,7 +166,20 @@ class TrainStream(IterableDataset):
             if index < self.skip:
                 continue
             torch.manual_seed(stable_seed(*self.key, "batch", index))
-            yield decode_batch(batch, self.augment)
+            yield (index, *decode_batch(batch, self.augment))
+
+    def batches(self, workers: int, pin_memory: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This epoch's batches in index order, decoded by `workers` loader processes.
+
+        Process w owns batches w, w+n, w+2n, ... The DataLoader always asks process 0 first, so
+        after a mid-epoch resume a few arrive early; they wait here until their turn."""
+        pending: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        expected = self.skip
+        for index, images, labels in loader(self, workers, pin_memory):
+            pending[index] = (images, labels)
+            while expected in pending:
+                yield pending.pop(expected)
+                expected += 1
 
     def _raw_batches(self, reading: Reading, worker: int) -> Iterator[list[dict[str, Any]]]:
         """Shuffled batches of raw samples, cycling the reading if this worker runs short."""

@@ -15,7 +15,6 @@ from typing import Any
 import ray.train
 import ray.train.torch
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
@@ -31,6 +30,7 @@ from orchestrator.data import (
     steps_per_epoch,
 )
 from orchestrator.devices import tower_devices
+from orchestrator.evaluate import evaluate
 from orchestrator.schedule import Schedule
 from orchestrator.tracking import Tracker, public_config
 from shards.manifest import Manifest, read_manifest
@@ -69,41 +69,6 @@ def make_optimizer(model: torch.nn.Module, optim: dict[str, Any]) -> torch.optim
         lr=optim["lr"],
         momentum=optim["momentum"],
     )
-
-
-def _all_reduce(values: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized():
-        values = values.cpu() if dist.get_backend() == "gloo" else values
-        dist.all_reduce(values)
-    return values
-
-
-@torch.no_grad()
-def evaluate(model: AlexNet, batches, transform: DeviceTransform, autocast) -> dict[str, float]:
-    """val loss, top-1 and top-5 over this rank's share, summed over all ranks. Ten-crop batches
-    (N, 10, H, W, 3) average the softmax of the ten crops, as in the paper."""
-    model.eval()
-    device = transform.device
-    totals = torch.zeros(4, dtype=torch.float64, device=device)
-    for images, labels in batches:
-        labels = labels.to(device)
-        crops = images.shape[1] if images.dim() == 5 else 1
-        x = transform(images.flatten(0, 1) if crops > 1 else images, train=False)
-        with autocast():
-            probs = model(x).float().softmax(1)
-        probs = probs.view(len(labels), crops, -1).mean(1)
-        top5 = probs.topk(min(5, probs.shape[1]), 1).indices
-        totals += torch.stack(
-            [
-                F.nll_loss(probs.clamp_min(1e-12).log(), labels, reduction="sum"),
-                (top5[:, 0] == labels).sum(),
-                (top5 == labels[:, None]).any(1).sum(),
-                torch.tensor(len(labels), device=device),
-            ]
-        ).double()
-    loss, top1, top5, count = _all_reduce(totals).tolist()
-    count = max(count, 1)
-    return {"val/loss": loss / count, "val/top1": top1 / count, "val/top5": top5 / count, "val/images": count}
 
 
 def train_loop(config: dict[str, Any]) -> None:
@@ -197,7 +162,7 @@ def train_loop(config: dict[str, Any]) -> None:
         window_start = time.perf_counter()
         waited = 0.0
         tick = time.perf_counter()
-        for images, labels in loader(stream, data_cfg["workers"], pin):
+        for images, labels in stream.batches(data_cfg["workers"], pin):
             waited += time.perf_counter() - tick
             x = transform(images, train=True)
             y = labels.to(dev_a, non_blocking=True)

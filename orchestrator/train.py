@@ -115,8 +115,11 @@ def launch(config: dict[str, Any]) -> ray.train.Result:
             storage_filesystem=storage_fs,
             failure_config=ray.train.FailureConfig(max_failures=config["cluster"]["max_failures"]),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config["checkpoint"]["keep"]),
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),  # our own lines say enough
             # Train's print patch tees print() into its logger: every line would show twice.
-            worker_runtime_env={"env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
+            worker_runtime_env={
+                "env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
+            },
         ),
     )
     return trainer.fit()
@@ -153,9 +156,7 @@ def summarize(config: dict[str, Any], result: ray.train.Result, seconds: float) 
     if wandb:
         w = wandb[-1]
         where = (
-            w["url"]
-            if w["mode"] == "online"
-            else f"{w['dir']} (offline; upload with: wandb sync {w['dir']})"
+            w["url"] if w["mode"] == "online" else f"{w['dir']} (offline; upload with: wandb sync {w['dir']})"
         )
         lines.append(f"  W&B         {where}")
     print("\n".join(lines), flush=True)

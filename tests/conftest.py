@@ -57,3 +57,71 @@ def _no_aws_from_the_host(monkeypatch):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tmp_path_factory):
+    """The demo set, small: 10 classes x 16 train / 4 val photos at 80 px, 4 train shards."""
+    from shards.__main__ import main
+
+    out = tmp_path_factory.mktemp("tiny") / "shards"
+    argv = [
+        "demo",
+        "--out",
+        str(out),
+        "--train-per-class",
+        "16",
+        "--val-per-class",
+        "4",
+        "--resize",
+        "80",
+        "--shard-size",
+        "40",
+        "--workers",
+        "1",
+    ]
+    assert main(argv) == 0
+    return str(out)
+
+
+def compose(*overrides: str):
+    """conf/train.yaml composed as `python -m orchestrator.train` would, in this process."""
+    import os
+
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    import orchestrator.train  # noqa: F401  registers the schema and the ${repo:} resolver
+
+    conf = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
+    with initialize_config_dir(config_dir=conf, version_base="1.3"):
+        return hydra_compose("train", overrides=list(overrides))
+
+
+def tiny_run_overrides(shards: str, runs: str, **extra) -> list[str]:
+    """alexnet_mini at 67 px, batch 8, one epoch: a whole Ray job in well under a minute."""
+    base = {
+        "data.url": shards,
+        "storage.url": runs,
+        "model.input_size": 67,
+        "batch_size": 8,
+        "epochs": 1,
+        "cluster.nodes": 2,
+        "data.workers": 0,
+        "data.shuffle_buffer": 50,
+        "logger.mode": "offline",
+        "checkpoint.every_steps": 4,
+        "log_every_steps": 2,
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One embedded Ray for a module's end-to-end jobs (~10 s to start); always shut down."""
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=False, logging_level="WARNING")
+    yield
+    ray.shutdown()

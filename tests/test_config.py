@@ -1,0 +1,80 @@
+"""The config is checked before Ray starts: bad values end in one line naming the key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ValidationError
+
+from conftest import compose
+from orchestrator.config import ConfigError
+from orchestrator.train import prepare
+
+
+def test_default_is_the_demo_preset(tiny_shards):
+    cfg = compose()
+    assert cfg.experiment == "demo" and cfg.model.name == "alexnet_mini"
+    assert cfg.data.url.endswith("data/shards/demo") and cfg.data.url.startswith("/")
+    paper = compose("experiment=paper", "data.url=s3://bucket/imagenet")
+    assert (paper.model.name, paper.model.width, paper.batch_size, paper.optim.lr) == (
+        "alexnet",
+        1.0,
+        128,
+        0.01,
+    )
+    assert paper.schedule.name == "plateau"
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("optim.lr=0", "optim.lr"),
+        ("optim.lr=-0.1", "optim.lr"),
+        ("model.dropout=1.0", "model.dropout"),
+        ("model.dropout=-0.1", "model.dropout"),
+        ("cluster.nodes=0", "cluster.nodes"),
+        ("batch_size=0", "batch_size"),
+        ("precision=fp8", "precision"),
+        ("model.placement=sideways", "model.placement"),
+        ("model.input_size=40", "model.input_size"),
+    ],
+)
+def test_bad_values_name_the_key(tiny_shards, override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        prepare(compose(f"data.url={tiny_shards}", override))
+
+
+def test_missing_manifest_says_how_to_build_shards(tmp_path):
+    with pytest.raises(ConfigError, match="no manifest.json.*make shards"):
+        prepare(compose(f"data.url={tmp_path}"))
+
+
+def test_imagenet_without_a_url_is_refused():
+    with pytest.raises(ConfigError, match="data.url is required"):
+        prepare(compose("data=imagenet"))
+
+
+def test_input_larger_than_the_shards_is_refused(tiny_shards):
+    with pytest.raises(ConfigError, match="shards are 80 px"):
+        prepare(compose(f"data.url={tiny_shards}", "model=alexnet"))
+
+
+def test_unknown_keys_and_wrong_types_fail_at_composition():
+    with pytest.raises(ConfigCompositionException):
+        compose("optim.lrr=0.1")
+    with pytest.raises((ConfigCompositionException, ValidationError)):
+        compose("batch_size=many")
+
+
+def test_command_line_error_is_one_line_and_exit_2(tiny_shards):
+    proc = subprocess.run(
+        [sys.executable, "-m", "orchestrator.train", f"data.url={tiny_shards}", "optim.lr=-1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["error: optim.lr=-1.0 must be greater than 0"]

@@ -1,0 +1,124 @@
+"""Shard streaming: equal batches on every rank, a pure function of (seed, epoch, rank, world),
+exact skipping for resume, and val read once across ranks."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from orchestrator.data import Augment, DeviceTransform, EvalStream, Reading, TrainStream, deal
+from shards.manifest import ShardInfo, read_manifest
+
+
+def keys_of(stream: TrainStream, workers: int = 0) -> list[list[str]]:
+    """The sample keys of every batch, by patching decode to return keys instead of pixels."""
+    import orchestrator.data as data
+
+    original = data.decode_batch
+    data.decode_batch = lambda batch, augment: ([s["__key__"] for s in batch], None)
+    try:
+        return [b for b, _ in stream.batches(workers, False)]
+    finally:
+        data.decode_batch = original
+
+
+def stream(manifest, url, **kw) -> TrainStream:
+    args = {
+        "seed": 0,
+        "epoch": 0,
+        "rank": 0,
+        "world": 1,
+        "batch_size": 8,
+        "shuffle_buffer": 30,
+        "augment": Augment("paper", 67, 80, train=True),
+    }
+    args.update(kw)
+    return TrainStream(manifest, url, {}, **args)
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 5])
+def test_every_rank_gets_the_same_number_of_batches(world):
+    rng = random.Random(world)
+    shards = [ShardInfo(f"s{i}.tar", rng.randint(1, 100), 0, "") for i in range(7)]
+    readings = deal(shards, world, random.Random(0))
+    assert len(readings) == world
+    assert sum(r.samples for r in readings) == sum(s.samples for s in shards)
+    if len(shards) >= world:  # dealt by shard: within one shard of each other
+        assert max(r.samples for r in readings) - min(r.samples for r in readings) <= 100
+
+
+def test_sample_striding_when_ranks_outnumber_shards():
+    shards = [ShardInfo("a.tar", 10, 0, ""), ShardInfo("b.tar", 5, 0, "")]
+    parts = Reading(tuple(shards)).split(4)
+    assert [p.samples for p in parts] == [5, 4, 3, 3]
+
+
+def test_uneven_ranks_all_yield_the_same_batch_count(tiny_shards):
+    manifest = read_manifest(tiny_shards)
+    counts = [len(keys_of(stream(manifest, tiny_shards, rank=r, world=3))) for r in range(3)]
+    assert len(set(counts)) == 1 and counts[0] > 0
+
+
+def test_keys_are_a_pure_function_of_seed_epoch_rank_world(tiny_shards):
+    manifest = read_manifest(tiny_shards)
+    a = keys_of(stream(manifest, tiny_shards, rank=1, world=2))
+    assert a == keys_of(stream(manifest, tiny_shards, rank=1, world=2))
+    assert a != keys_of(stream(manifest, tiny_shards, rank=1, world=2, epoch=1))
+    assert a != keys_of(stream(manifest, tiny_shards, rank=1, world=2, seed=1))
+    other = keys_of(stream(manifest, tiny_shards, rank=0, world=2))
+    assert not {k for b in a for k in b} & {k for b in other for k in b}  # ranks never overlap
+    # The same with loader processes: batches come back in the same order.
+    assert keys_of(stream(manifest, tiny_shards, world=2), workers=2) == keys_of(
+        stream(manifest, tiny_shards, world=2), workers=2
+    )
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_skipping_resumes_exactly_where_the_checkpoint_was(tiny_shards, workers):
+    manifest = read_manifest(tiny_shards)
+    full = keys_of(stream(manifest, tiny_shards), workers)
+    resumed = keys_of(stream(manifest, tiny_shards, skip=3), workers)
+    assert resumed == full[3:]
+
+
+def test_augmentation_of_a_batch_does_not_depend_on_skipping(tiny_shards):
+    manifest = read_manifest(tiny_shards)
+    full = [x for x, _ in stream(manifest, tiny_shards).batches(0, False)]
+    resumed = [x for x, _ in stream(manifest, tiny_shards, skip=2).batches(0, False)]
+    assert all(torch.equal(a, b) for a, b in zip(full[2:], resumed, strict=True))
+    assert full[0].dtype == torch.uint8 and full[0].shape == (8, 67, 67, 3)
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_val_is_read_once_across_ranks(tiny_shards, world):
+    manifest = read_manifest(tiny_shards)
+    labels = []
+    for rank in range(world):
+        val = EvalStream(manifest, tiny_shards, {}, rank=rank, world=world, batch_size=7, size=67)
+        labels += [y for _, ys in val for y in ys.tolist()]
+    assert len(labels) == manifest.samples("val")
+
+
+def test_ten_crop_gives_ten_views(tiny_shards):
+    manifest = read_manifest(tiny_shards)
+    images, labels = next(
+        iter(EvalStream(manifest, tiny_shards, {}, rank=0, world=1, batch_size=4, size=67, ten_crop=True))
+    )
+    assert images.shape == (4, 10, 67, 67, 3)
+    assert torch.equal(images[:, 5], images[:, 1].flip(2))  # mirrored image: its top-left is the top-right
+
+
+def test_device_transform_normalises_with_the_manifest_statistics(tiny_shards):
+    manifest = read_manifest(tiny_shards)
+    images = next(stream(manifest, tiny_shards).batches(0, False))[0]
+    x = DeviceTransform(manifest, torch.device("cpu"), 0.0, channels_last=True)(images, train=True)
+    assert x.shape == (8, 3, 67, 67) and x.is_contiguous(memory_format=torch.channels_last)
+    mean = torch.tensor(manifest.stats.mean).view(1, 3, 1, 1)
+    std = torch.tensor(manifest.stats.std).view(1, 3, 1, 1)
+    torch.testing.assert_close(x * std + mean, images.permute(0, 3, 1, 2).float() / 255, atol=1e-5, rtol=0)
+    lit = DeviceTransform(manifest, torch.device("cpu"), 0.1, channels_last=False)(images, train=True)
+    shift = (lit - x) * std  # PCA lighting: one RGB offset per image, the same at every pixel
+    assert torch.allclose(shift, shift[:, :, :1, :1].expand_as(shift), atol=1e-5)
+    assert shift.abs().max() > 0

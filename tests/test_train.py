@@ -1,0 +1,111 @@
+"""Whole Ray Train jobs on the CPU: 2 workers x the two-tower mini net over tiny demo shards."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import pytest
+import torch
+
+from conftest import compose, tiny_run_overrides
+from orchestrator import checkpoint
+from orchestrator.evaluate import run as evaluate_run
+from orchestrator.runs import RunRecord
+from orchestrator.train import prepare, run
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+
+def lines(run_dir) -> list[dict]:
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_two_workers_train_checkpoint_and_log(local_ray, tiny_shards, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    best = run(compose(*tiny_run_overrides(tiny_shards, str(runs), run_name="e2e", epochs=2)))
+    out = capsys.readouterr().out
+    assert "run e2e: finished" in out and "val top-1" in out
+    run_dir = runs / "e2e"
+    record = lines(run_dir)
+    vals = [line for line in record if "val/top1" in line]
+    assert len(vals) == 2 and best == max(v["val/top1"] for v in vals)
+    assert vals[-1]["val/images"] == 40  # the whole val split, once, across both workers
+    assert any("train/loss" in line and "images_per_s" in line and "data_wait" in line for line in record)
+    assert record[-1]["event"] == "finished"
+    # checkpoints: Ray's rotating ones (keep=2) and the best; each loads with weights_only
+    ckpts = sorted(p for p in glob.glob(str(run_dir / "checkpoint_*")) if os.path.isdir(p))
+    assert len(ckpts) == 2
+    state = checkpoint.load(ckpts[-1])
+    assert state["position"]["epoch"] == 2 and state["position"]["batch"] == 0
+    assert set(state) >= {"model", "optimizer", "schedule", "position", "config"}
+    assert checkpoint.load(str(run_dir / "best"))["metrics"]["val/top1"] == best
+    # an offline W&B run with the config
+    offline = glob.glob(str(run_dir / "wandb" / "offline-run-*"))
+    assert len(offline) == 1 and glob.glob(offline[0] + "/run-*.wandb")
+    assert RunRecord.read(str(run_dir)).config["optim"]["lr"] == 0.02
+    # evaluate the checkpoint: centre and ten crops
+    cfg = compose_evaluate(f"checkpoint={ckpts[-1]}", f"data.url={tiny_shards}", "eval.ten_crop=true")
+    results = evaluate_run(cfg)
+    assert results["centre crop"]["val/top1"] == pytest.approx(vals[-1]["val/top1"])
+    assert set(results) == {"centre crop", "10-crop"}
+
+
+def compose_evaluate(*overrides: str):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    conf = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
+    with initialize_config_dir(config_dir=conf, version_base="1.3"):
+        return hydra_compose("evaluate", overrides=list(overrides))
+
+
+def test_resume_continues_the_step_count(local_ray, tiny_shards, tmp_path):
+    runs = str(tmp_path / "runs")
+    run(compose(*tiny_run_overrides(tiny_shards, runs, run_name="r", epochs=1)))
+    first = lines(os.path.join(runs, "r"))
+    last_step = max(line["step"] for line in first if "step" in line)
+    with pytest.raises(Exception, match="resume=true"):
+        prepare(compose(*tiny_run_overrides(tiny_shards, runs, run_name="r", epochs=2)))
+    run(compose(*tiny_run_overrides(tiny_shards, runs, run_name="r", epochs=2, resume="true")))
+    record = lines(os.path.join(runs, "r"))
+    resumed = [line for line in record if line.get("event") == "resumed"]
+    assert resumed == [{**resumed[0], "step": last_step}]
+    later = [line["step"] for line in record[len(first) :] if "train/loss" in line]
+    assert later and min(later) > last_step
+    assert max(line["epoch"] for line in record if "val/top1" in line) == 1
+
+
+def test_three_workers_on_uneven_shards_finish(local_ray, tiny_shards, tmp_path):
+    """4 shards over 3 ranks: one rank holds two. Equal batch counts keep DDP from hanging."""
+    run(compose(*tiny_run_overrides(tiny_shards, str(tmp_path), run_name="u", **{"cluster.nodes": 3})))
+    assert lines(tmp_path / "u")[-1]["event"] == "finished"
+
+
+def test_shards_and_checkpoints_on_s3(local_ray, tiny_shards, s3_bucket, tmp_path):
+    import s3fs
+
+    from shards.manifest import read_manifest
+
+    bucket, options = s3_bucket
+    fs = s3fs.S3FileSystem(**options, skip_instance_cache=True)
+    # copy the tiny shards into the bucket as the shard writer would publish them
+    manifest = read_manifest(tiny_shards)
+    for shard in manifest.splits["train"] + manifest.splits["val"]:
+        fs.put_file(os.path.join(tiny_shards, shard.name), f"{bucket}/shards/{shard.name}")
+    fs.pipe_file(f"{bucket}/shards/manifest.json", manifest.to_json().encode())
+    cfg = compose(*tiny_run_overrides(f"s3://{bucket}/shards", f"s3://{bucket}/runs", run_name="s3run"))
+    cfg.data.storage_options = options
+    cfg.storage.options = options
+    run(cfg)
+    names = {p.rsplit("/", 1)[-1] for p in fs.ls(f"{bucket}/runs/s3run")}
+    assert {"metrics.jsonl", "config.yaml", "best"} <= names
+    assert any(n.startswith("checkpoint_") for n in names)
+    ckpt = sorted(n for n in names if n.startswith("checkpoint_") and not n.endswith(".json"))[-1]
+    data = fs.cat(f"{bucket}/runs/s3run/{ckpt}/{checkpoint.STATE_FILE}")
+    path = tmp_path / "state.pt"
+    path.write_bytes(data)
+    assert torch.load(path, weights_only=True)["position"]["epoch"] == 1
+    assert options["secret"] not in fs.cat(f"{bucket}/runs/s3run/config.yaml").decode()
