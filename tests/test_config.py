@@ -6,10 +6,10 @@ import subprocess
 import sys
 
 import pytest
+from conftest import compose
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
-from conftest import compose
 from orchestrator.config import ConfigError
 from orchestrator.train import prepare
 
@@ -48,12 +48,12 @@ def test_bad_values_name_the_key(tiny_shards, override, key):
 
 
 def test_missing_manifest_says_how_to_build_shards(tmp_path):
-    with pytest.raises(ConfigError, match="no manifest.json.*make shards"):
+    with pytest.raises(ConfigError, match=r"no manifest\.json.*make shards"):
         prepare(compose(f"data.url={tmp_path}"))
 
 
 def test_imagenet_without_a_url_is_refused():
-    with pytest.raises(ConfigError, match="data.url is required"):
+    with pytest.raises(ConfigError, match=r"data\.url is required"):
         prepare(compose("data=imagenet"))
 
 

@@ -103,7 +103,7 @@ def test_val_is_read_once_across_ranks(tiny_shards, world):
 
 def test_ten_crop_gives_ten_views(tiny_shards):
     manifest = read_manifest(tiny_shards)
-    images, labels = next(
+    images, _ = next(
         iter(EvalStream(manifest, tiny_shards, {}, rank=0, world=1, batch_size=4, size=67, ten_crop=True))
     )
     assert images.shape == (4, 10, 67, 67, 3)

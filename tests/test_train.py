@@ -8,8 +8,8 @@ import os
 
 import pytest
 import torch
-
 from conftest import compose, tiny_run_overrides
+
 from orchestrator import checkpoint
 from orchestrator.evaluate import run as evaluate_run
 from orchestrator.runs import RunRecord
