@@ -95,6 +95,11 @@ class EvalConfig:
 
 
 @dataclass
+class SweepConfig:
+    parallel: int = 1  # multirun jobs at once; each needs nodes x gpus_per_worker GPUs
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -105,6 +110,7 @@ class TrainConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
     experiment: str = "demo"
     batch_size: int = 128  # per worker
     epochs: int = 90
@@ -184,6 +190,7 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
         _choice("logger.mode", c["logger"]["mode"], ("online", "offline", "disabled"))
     _at_least("checkpoint.every_steps", c["checkpoint"]["every_steps"], 1)
     _at_least("checkpoint.keep", c["checkpoint"]["keep"], 1)
+    _at_least("sweep.parallel", c["sweep"]["parallel"], 1)
     _at_least("batch_size", c["batch_size"], 1)
     _at_least("epochs", c["epochs"], 1)
     _at_least("log_every_steps", c["log_every_steps"], 1)

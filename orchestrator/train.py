@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -14,12 +15,14 @@ import hydra
 import ray
 import ray.train
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from orchestrator import storage
-from orchestrator.config import REPO_ROOT, ConfigError, register, validate
+from orchestrator.config import REPO_ROOT, ConfigError, absolute, register, validate
 from orchestrator.loop import train_loop
 from orchestrator.runs import RunRecord
+from orchestrator.sweep import in_multirun, name_job, submit
 from orchestrator.tracking import public_config
 from shards.manifest import read_manifest
 
@@ -48,6 +51,7 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
             f"the shards are {short} px but model.input_size={config['model']['input_size']}; "
             "pick a smaller model.input_size (e.g. model=alexnet_mini) or reshard with a larger --resize"
         )
+    name_job(config)
     if config["run_name"] is None:
         config["run_name"] = f"{config['experiment']}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_url = storage.join(config["storage"]["url"], config["run_name"])
@@ -85,8 +89,8 @@ def scaling(config: dict[str, Any]) -> tuple[ray.train.ScalingConfig, TorchConfi
     if gpus > 0 and not use_gpu:
         print("No GPUs in this Ray cluster: training on the CPU (gloo backend).", flush=True)
     cpus = cluster["cpus_per_worker"]
-    if not cluster["address"]:  # an embedded Ray: fractional CPUs so every worker fits
-        cpus = min(cpus, total.get("CPU", 1) / nodes)
+    if not cluster["address"]:  # an embedded Ray: fractional CPUs so every worker of every job fits
+        cpus = min(cpus, total.get("CPU", 1) / (nodes * config["sweep"]["parallel"]))
     resources = {"CPU": cpus, **({"GPU": gpus} if use_gpu else {})}
     return (
         ray.train.ScalingConfig(num_workers=nodes, use_gpu=use_gpu, resources_per_worker=resources),
@@ -95,7 +99,6 @@ def scaling(config: dict[str, Any]) -> tuple[ray.train.ScalingConfig, TorchConfi
 
 
 def launch(config: dict[str, Any]) -> ray.train.Result:
-    connect(config)
     scaling_config, torch_config = scaling(config)
     storage_path, storage_fs = storage.ray_storage(config["storage"]["url"], config["storage"]["options"])
     run_url = storage.join(config["storage"]["url"], config["run_name"])
@@ -161,25 +164,58 @@ def summarize(config: dict[str, Any], result: ray.train.Result, seconds: float) 
         lines.append(f"  W&B         {where}")
     print("\n".join(lines), flush=True)
     if failed:
-        print(f"error: the training job failed: {record_event['error']}", file=sys.stderr)
-        raise SystemExit(1)
+        raise TrainingFailed(f"run {config['run_name']} failed: {record_event['error']}")
     return best.get("val/top1", 0.0)
 
 
-def run(cfg: DictConfig) -> float:
-    config = prepare(cfg)
+class TrainingFailed(RuntimeError):
+    """The Ray Train job ended in an error (after its retries); the run folder says which."""
+
+
+def execute(config: dict[str, Any]) -> float:
     start = time.perf_counter()
     result = launch(config)
     return summarize(config, result, time.perf_counter() - start)
 
 
+def run(cfg: DictConfig) -> float | None:
+    """One job: its best val top-1, or None when a concurrent sweep job was only queued."""
+    config = prepare(cfg)
+    connect(config)  # here, not in a sweep's job threads: one Ray for all of them
+    return submit(lambda: execute(config), config["sweep"]["parallel"])
+
+
+def record_failure(cfg: DictConfig, error: str) -> None:
+    """A sweep job that could not even start still gets a run folder saying why."""
+    try:
+        config = OmegaConf.to_container(cfg, resolve=True)
+        name_job(config)
+        run_url = storage.join(absolute(config["storage"]["url"]), config["run_name"])
+        options = config["storage"]["options"]
+        storage.write_text(
+            storage.join(run_url, "config.yaml"), OmegaConf.to_yaml(public_config(config)), options
+        )
+        storage.write_text(
+            storage.join(run_url, "metrics.jsonl"),
+            json.dumps({"event": "failed", "error": error}) + "\n",
+            options,
+        )
+    except (OmegaConfBaseException, OSError, KeyError, TypeError):
+        print("  (the failure could not be recorded in storage either)", file=sys.stderr)
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
-def main(cfg: DictConfig) -> float:
+def main(cfg: DictConfig) -> float | None:
+    # In a sweep, a failed job is recorded and the sweep goes on (its objective is NaN).
     try:
         return run(cfg)
-    except ConfigError as err:
+    except (ConfigError, TrainingFailed) as err:
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        if in_multirun():
+            if isinstance(err, ConfigError):
+                record_failure(cfg, str(err))
+            return math.nan
+        sys.exit(2 if isinstance(err, ConfigError) else 1)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,205 @@
+"""python -m orchestrator.compare [--group NAME] [--storage URL] [--source local|wandb]
+[--metric val/top1] [--plot FILE.png]: which run won, and the settings that differ.
+
+`local` (default) reads every run's config.yaml and metrics.jsonl under the storage URL, so it
+works offline and from a bucket; `wandb` asks the W&B API (needs WANDB_API_KEY)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from orchestrator import storage
+from orchestrator.config import REPO_ROOT, absolute
+from orchestrator.runs import RunRecord
+
+# Keys that differ between any two runs without being a setting worth comparing.
+NOT_SETTINGS = ("run_name", "logger.dir", "logger.group", "resume", "data.url", "storage.url")
+
+
+@dataclass
+class Row:
+    """One run as the table and the plot need it, from whichever source."""
+
+    name: str
+    settings: dict[str, Any]
+    status: str
+    curve: list[tuple[int, float]] = field(default_factory=list)  # (epoch, metric)
+    best: float | None = None
+    best_top5: float | None = None
+    train_loss: float | None = None
+    images_per_s: float | None = None
+    epochs: int = 0
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def differing_keys(rows: list[Row]) -> list[str]:
+    keys = sorted({k for r in rows for k in r.settings} - set(NOT_SETTINGS))
+    return [k for k in keys if len({json.dumps(r.settings.get(k), sort_keys=True) for r in rows}) > 1]
+
+
+def local_rows(root: str, options: dict[str, Any], group: str | None, metric: str) -> list[Row]:
+    rows = []
+    for name in storage.list_dirs(root, options):
+        record = RunRecord.read(storage.join(root, name), options)
+        if not record.lines and not record.config:
+            continue  # not a run folder
+        if group and (record.config.get("logger") or {}).get("group") != group:
+            continue
+        best = record.best(metric) or {}
+        rows.append(
+            Row(
+                name=name,
+                settings=flatten(record.config),
+                status=record.status,
+                curve=[(line["epoch"] + 1, line[metric]) for line in record.metric_lines(metric)],
+                best=best.get(metric),
+                best_top5=best.get("val/top5"),
+                train_loss=record.last("train/loss"),
+                images_per_s=record.images_per_s(),
+                epochs=record.epochs_done(),
+            )
+        )
+    return rows
+
+
+def wandb_rows(project: str, group: str | None, metric: str) -> list[Row]:
+    if not os.environ.get("WANDB_API_KEY"):
+        raise SystemExit(
+            "error: --source wandb needs WANDB_API_KEY; use --source local to read the run folders"
+        )
+    import wandb
+
+    api = wandb.Api()
+    runs = api.runs(project, filters={"group": group} if group else None)
+    rows = []
+    for run in runs:
+        history = [h for h in run.scan_history(keys=["epoch", metric]) if h.get(metric) is not None]
+        rows.append(
+            Row(
+                name=run.name,
+                settings=flatten(dict(run.config)),
+                status=run.state,
+                curve=[(int(h["epoch"]) + 1, h[metric]) for h in history],
+                best=max((h[metric] for h in history), default=None),
+                train_loss=run.summary.get("train/loss"),
+                images_per_s=run.summary.get("images_per_s"),
+                epochs=len(history),
+            )
+        )
+    return rows
+
+
+def _fmt(value: Any, kind: str = "") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if kind == "pct":
+        return f"{value:.1%}"
+    if kind == "rate":
+        return f"{value:,.0f}"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def table(rows: list[Row], metric: str) -> Table:
+    keys = differing_keys(rows)
+    t = Table(title=f"{len(rows)} runs, best {metric} first")
+    t.add_column("run", overflow="fold")
+    for key in keys:
+        t.add_column(key, justify="right")
+    for column in (f"best {metric}", "top-5", "train loss", "images/s", "epochs", "status"):
+        t.add_column(column, justify="right")
+    for r in rows:
+        t.add_row(
+            r.name,
+            *(_fmt(r.settings.get(k)) for k in keys),
+            _fmt(r.best, "pct"),
+            _fmt(r.best_top5, "pct"),
+            _fmt(r.train_loss),
+            _fmt(r.images_per_s, "rate"),
+            str(r.epochs),
+            r.status,
+        )
+    return t
+
+
+def plot(rows: list[Row], metric: str, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = differing_keys(rows)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for r in rows:
+        if r.curve:
+            label = ", ".join(f"{k}={_fmt(r.settings.get(k))}" for k in keys) or r.name
+            ax.plot(*zip(*r.curve, strict=True), marker="o", label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    if any(r.curve for r in rows):
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m orchestrator.compare", description=__doc__)
+    p.add_argument("--group", help="only runs of this W&B group (a sweep's name)")
+    p.add_argument(
+        "--storage", default=os.path.join(REPO_ROOT, "runs"), help="root of the runs (storage.url)"
+    )
+    p.add_argument("--storage-options", default="{}", help="fsspec options as JSON, e.g. an endpoint")
+    p.add_argument("--source", choices=("local", "wandb"), default="local")
+    p.add_argument("--project", default="alexnet", help="W&B project (entity/project) for --source wandb")
+    p.add_argument("--metric", default="val/top1", help="the metric to rank by (higher is better)")
+    p.add_argument("--plot", help="write a PNG of the metric against epoch, one line per run")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.source == "local":
+        try:
+            options = json.loads(args.storage_options)
+        except json.JSONDecodeError:
+            print("error: --storage-options is not valid JSON", file=sys.stderr)
+            return 2
+        rows = local_rows(absolute(args.storage), options, args.group, args.metric)
+    else:
+        rows = wandb_rows(args.project, args.group, args.metric)
+    if not rows:
+        where = f"group {args.group} in " if args.group else ""
+        print(f"error: no runs found in {where}{args.storage}; pass --storage or --group", file=sys.stderr)
+        return 2
+    rows.sort(key=lambda r: -math.inf if r.best is None else r.best, reverse=True)
+    Console(width=200).print(table(rows, args.metric))
+    if args.plot:
+        plot(rows, args.metric, args.plot)
+        print(f"plot written to {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

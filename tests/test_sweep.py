@@ -1,0 +1,73 @@
+"""Hydra multirun sweeps end to end: one run per job, grouped, failures recorded, compared."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from orchestrator.compare import main as compare
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def train(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.train", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=800,
+    )
+
+
+def tiny(shards: str, runs: str) -> list[str]:
+    return [
+        f"data.url={shards}",
+        f"storage.url={runs}",
+        "model.input_size=67",
+        "batch_size=8",
+        "epochs=1",
+        "data.workers=0",
+        "logger.mode=offline",
+        "log_every_steps=5",
+        f"hydra.sweep.dir={runs}/.sweep",
+    ]
+
+
+def test_lr_by_dropout_sweep_with_a_failing_job(tiny_shards, tmp_path, capsys):
+    runs = str(tmp_path / "runs")
+    proc = train(
+        "-m", "optim.lr=0.02,0.01", "model.dropout=0.5,0.3,1.5", "sweep.parallel=2", *tiny(tiny_shards, runs)
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("model.dropout=1.5 must be in [0, 1)") == 2  # the sweep went on
+    folders = sorted(f for f in os.listdir(runs) if not f.startswith("."))
+    assert len(folders) == 6 and len({f.split("_")[0] for f in folders}) == 1  # one group
+    png = tmp_path / "sweep.png"
+    assert compare(["--storage", runs, "--plot", str(png)]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("│")]
+    assert len(rows) == 6
+    header = next(line for line in out.splitlines() if "status" in line)
+    assert "optim.lr" in header and "model.dropout" in header
+    statuses = [row.split("│")[-2].strip() for row in rows]
+    assert statuses == ["finished"] * 4 + ["failed"] * 2  # best first, failures last
+    best = [cell.strip() for cell in header.split("┃")].index("best val/top1")
+    tops = [float(row.split("│")[best].strip().rstrip("%")) for row in rows[:4]]
+    assert tops == sorted(tops, reverse=True)
+    with Image.open(png) as img:
+        assert img.format == "PNG"
+
+
+def test_optuna_sweeper_preset(tiny_shards, tmp_path):
+    runs = str(tmp_path / "runs")
+    proc = train("+sweep=optuna", "hydra.sweeper.n_trials=2", *tiny(tiny_shards, runs))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Best value" in proc.stdout + proc.stderr
+    assert len([f for f in os.listdir(runs) if not f.startswith(".")]) == 2
