@@ -95,9 +95,7 @@ class AlexNet(nn.Module):
             raise ValueError(f"init must be one of {INITS}, got {init!r}")
         pooled = pooled_size(input_size)
         if pooled < 1:
-            raise ValueError(
-                f"input_size {input_size} is too small for AlexNet's pooling chain; use at least 63"
-            )
+            raise ValueError(f"input_size {input_size} is too small for AlexNet's pooling chain; use at least 63")
         self.num_classes = num_classes
         self.input_size = input_size
         self.widths = tower_widths(width)

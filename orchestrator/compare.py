@@ -83,9 +83,7 @@ def local_rows(root: str, options: dict[str, Any], group: str | None, metric: st
 
 def wandb_rows(project: str, group: str | None, metric: str) -> list[Row]:
     if not os.environ.get("WANDB_API_KEY"):
-        raise SystemExit(
-            "error: --source wandb needs WANDB_API_KEY; use --source local to read the run folders"
-        )
+        raise SystemExit("error: --source wandb needs WANDB_API_KEY; use --source local to read the run folders")
     import wandb
 
     api = wandb.Api()
@@ -167,9 +165,7 @@ def plot(rows: list[Row], metric: str, path: str) -> None:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m orchestrator.compare", description=__doc__)
     p.add_argument("--group", help="only runs of this W&B group (a sweep's name)")
-    p.add_argument(
-        "--storage", default=os.path.join(REPO_ROOT, "runs"), help="root of the runs (storage.url)"
-    )
+    p.add_argument("--storage", default=os.path.join(REPO_ROOT, "runs"), help="root of the runs (storage.url)")
     p.add_argument("--storage-options", default="{}", help="fsspec options as JSON, e.g. an endpoint")
     p.add_argument("--source", choices=("local", "wandb"), default="local")
     p.add_argument("--project", default="alexnet", help="W&B project (entity/project) for --source wandb")

@@ -39,6 +39,8 @@ class DataConfig:
     storage_options: dict[str, Any] = field(default_factory=dict)
     shuffle_buffer: int = 2000
     lighting: float = 0.1  # std of the paper's PCA colour noise; 0 turns it off
+    max_skipped_fraction: float = 0.01  # more unreadable samples than this stops the run
+    allow_pipe: bool = False  # let data.url be a webdataset pipe: command (runs a shell)
 
 
 @dataclass
@@ -153,6 +155,20 @@ def absolute(url: str) -> str:
     return url if "://" in url else os.path.abspath(url)
 
 
+SECRET_WORDS = ("key", "secret", "token", "password", "credential")
+
+
+def secret_keys(options: dict[str, Any], prefix: str = "") -> list[str]:
+    """Option names that hold credentials, at any depth (client_kwargs.aws_secret_access_key)."""
+    found = []
+    for name, value in options.items():
+        if isinstance(value, dict):
+            found += secret_keys(value, f"{prefix}{name}.")
+        elif any(word in name.lower() for word in SECRET_WORDS):
+            found.append(prefix + name)
+    return found
+
+
 def validate(cfg: DictConfig) -> dict[str, Any]:
     """Check every value a user can get wrong; return the resolved config as a plain dict."""
     missing = sorted(OmegaConf.missing_keys(cfg))
@@ -173,6 +189,21 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     _at_least("data.lighting", d["lighting"], 0)
     if not d["url"]:
         raise ConfigError("data.url is empty; point it at a shards folder holding manifest.json")
+    if d["url"].startswith("pipe:") and not d["allow_pipe"]:
+        raise ConfigError(
+            "data.url is a pipe: command, which would run in a shell; use a path or fsspec URL, "
+            "or set data.allow_pipe=true if you mean it"
+        )
+    if not 0.0 <= d["max_skipped_fraction"] <= 1.0:
+        raise ConfigError(f"data.max_skipped_fraction={d['max_skipped_fraction']} must be in [0, 1]")
+    for key in ("data.storage_options", "storage.options"):
+        group, name = key.split(".")
+        secret = secret_keys(c[group][name])
+        if secret:
+            raise ConfigError(
+                f"{key} holds a credential ({secret[0]}); put credentials in the environment "
+                "(AWS_ACCESS_KEY_ID, ...) or a profile, never in the config"
+            )
     _choice("optim.name", o["name"], ("sgd",))
     _positive("optim.lr", o["lr"])
     if not 0.0 <= o["momentum"] < 1.0:
@@ -197,6 +228,6 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     _choice("precision", c["precision"], ("fp32", "bf16"))
     if c["run_name"] is not None and not RUN_NAME.fullmatch(c["run_name"]):
         raise ConfigError(f"run_name={c['run_name']!r} may hold only letters, digits and - _ . , =")
-    d["url"] = absolute(d["url"])
+    d["url"] = d["url"] if d["url"].startswith("pipe:") else absolute(d["url"])
     c["storage"]["url"] = absolute(c["storage"]["url"])
     return c

@@ -13,11 +13,11 @@ from __future__ import annotations
 import hashlib
 import io
 import random
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
-import fsspec
 import numpy as np
 import torch
 from PIL import Image
@@ -26,7 +26,8 @@ from torchvision.transforms import v2
 from webdataset.filters import _shuffle
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from shards.manifest import Manifest, ShardInfo
+from orchestrator import storage
+from shards.manifest import MANIFEST_NAME, Manifest, ShardInfo
 
 
 def stable_seed(*parts: object) -> int:
@@ -50,10 +51,7 @@ class Reading:
         """Divide among `parts` readers: by shard when there are enough, else by sample."""
         if len(self.shards) >= parts:
             return [replace(self, shards=self.shards[i::parts]) for i in range(parts)]
-        return [
-            replace(self, offset=self.offset + self.stride * i, stride=self.stride * parts)
-            for i in range(parts)
-        ]
+        return [replace(self, offset=self.offset + self.stride * i, stride=self.stride * parts) for i in range(parts)]
 
 
 def deal(shards: list[ShardInfo], world: int, rng: random.Random | None) -> list[Reading]:
@@ -82,22 +80,65 @@ def steps_per_epoch(shards: list[ShardInfo], world: int, batch_size: int, seed: 
     return min(r.samples for r in readings) // batch_size
 
 
-def samples(reading: Reading, root: str, storage_options: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """Raw (undecoded) samples of a Reading, through fsspec, so s3:// and gs:// work everywhere."""
+class Skips:
+    """Samples lost to bad data in this process, counted until the loop collects them."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def add(self, n: int, where: str, why: str) -> None:
+        if n > 0:
+            self.count += n
+            print(f"warning: skipped {n} sample(s) of {where}: {why}", file=sys.stderr, flush=True)
+
+    def take(self) -> int:
+        n, self.count = self.count, 0
+        return n
+
+
+def load_manifest(root: str, storage_options: dict[str, Any]) -> Manifest:
+    with storage.open_url(storage.shard_url(root, MANIFEST_NAME), storage_options) as f:
+        return Manifest.from_json(f.read().decode())
+
+
+def samples(reading: Reading, root: str, storage_options: dict[str, Any], skips: Skips) -> Iterator[dict[str, Any]]:
+    """Raw (undecoded) samples of a Reading. A shard that is missing, truncated or holds a
+    non-JPEG is read as far as it goes: what it lacks against the manifest is counted in
+    `skips` with a warning naming the shard, and the stream goes on."""
+    expected = {}
 
     def streams():
         for shard in reading.shards:
-            url = f"{root}/{shard.name}"
-            with fsspec.open(url, "rb", **storage_options) as stream:
+            url = storage.shard_url(root, shard.name)
+            expected[url] = len(range(reading.offset, shard.samples, reading.stride))
+            try:
+                stream = storage.open_url(url, storage_options)
+            except OSError as err:
+                skips.add(expected.pop(url), url, f"cannot open it ({type(err).__name__})")
+                continue
+            with stream:
                 yield {"url": url, "stream": stream}
 
-    url, index = None, 0
-    for sample in group_by_keys(tar_file_expander(streams())):
+    def broken(err: Exception) -> bool:
+        return True  # a truncated or corrupt tar: the shortfall is counted when the shard ends
+
+    url, index, taken = None, 0, 0
+    for sample in group_by_keys(tar_file_expander(streams(), handler=broken), handler=broken):
         if sample["__url__"] != url:
-            url, index = sample["__url__"], 0
+            if url is not None:
+                skips.add(expected.pop(url) - taken, url, "the shard ends early (truncated?)")
+            url, index, taken = sample["__url__"], 0, 0
         if index % reading.stride == reading.offset:
-            yield sample
+            taken += 1
+            if sample.get("jpg", b"")[:2] != b"\xff\xd8" or "cls" not in sample:
+                skips.add(1, url, f"sample {sample.get('__key__')} has no JPEG image or label")
+            else:
+                yield sample
         index += 1
+    if url is not None:
+        skips.add(expected.pop(url) - taken, url, "the shard ends early (truncated?)")
+    for lost_url, n in expected.items():  # shards that opened but yielded nothing at all
+        skips.add(n, lost_url, "no readable samples")
 
 
 class Augment:
@@ -107,23 +148,35 @@ class Augment:
         if not train:
             self.transform = v2.CenterCrop(size)
         elif kind == "paper":  # the centre square of the resized image, then a random crop of it
-            self.transform = v2.Compose(
-                [v2.CenterCrop(short_side), v2.RandomCrop(size), v2.RandomHorizontalFlip()]
-            )
+            self.transform = v2.Compose([v2.CenterCrop(short_side), v2.RandomCrop(size), v2.RandomHorizontalFlip()])
         else:
-            self.transform = v2.Compose(
-                [v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()]
-            )
+            self.transform = v2.Compose([v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()])
 
     def __call__(self, jpg: bytes) -> np.ndarray:
         with Image.open(io.BytesIO(jpg)) as img:
             return np.asarray(self.transform(img.convert("RGB")))
 
 
-def decode_batch(batch: list[dict[str, Any]], augment: Augment) -> tuple[torch.Tensor, torch.Tensor]:
-    images = torch.from_numpy(np.stack([augment(s["jpg"]) for s in batch]))
-    labels = torch.tensor([int(s["cls"]) for s in batch])
-    return images, labels
+def decode_batch(
+    batch: list[dict[str, Any]], decode: Callable[[bytes], np.ndarray], skips: Skips
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode and crop; an image that fails to decode is dropped (the batch is one smaller)."""
+    images, labels = [], []
+    for s in batch:
+        try:
+            image, label = decode(s["jpg"]), int(s["cls"])
+        except (OSError, ValueError, SyntaxError) as err:  # what PIL raises for broken files
+            skips.add(1, s["__url__"], f"sample {s['__key__']} does not decode ({err})")
+            continue
+        images.append(image)
+        labels.append(label)
+    if not images:
+        raise DataError(f"no image of a batch from {batch[0]['__url__']} decodes; rebuild that shard")
+    return torch.from_numpy(np.stack(images)), torch.tensor(labels)
+
+
+class DataError(RuntimeError):
+    """The data is too damaged to train on: the message names what and how to fix it."""
 
 
 class TrainStream(IterableDataset):
@@ -156,32 +209,36 @@ class TrainStream(IterableDataset):
     def __len__(self) -> int:
         return self.steps - self.skip
 
-    def __iter__(self) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, int]]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         reading = self.reading.split(workers)[worker]
         # The DataLoader takes batches from its workers in turn: batch i comes from worker i % n.
         mine = range(worker, self.steps, workers)
-        for index, batch in zip(mine, self._raw_batches(reading, worker), strict=False):
+        skips = Skips()
+        for index, batch in zip(mine, self._raw_batches(reading, worker, skips), strict=False):
             if index < self.skip:
+                skips.take()  # counted before the checkpoint this run resumed from
                 continue
             torch.manual_seed(stable_seed(*self.key, "batch", index))
-            yield (index, *decode_batch(batch, self.augment))
+            images, labels = decode_batch(batch, self.augment, skips)
+            yield index, images, labels, skips.take()
 
-    def batches(self, workers: int, pin_memory: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """This epoch's batches in index order, decoded by `workers` loader processes.
+    def batches(self, workers: int, pin_memory: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+        """This epoch's batches in index order, decoded by `workers` loader processes, with the
+        number of samples skipped as unreadable since the previous batch.
 
         Process w owns batches w, w+n, w+2n, ... The DataLoader always asks process 0 first, so
         after a mid-epoch resume a few arrive early; they wait here until their turn."""
-        pending: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        pending: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}
         expected = self.skip
-        for index, images, labels in loader(self, workers, pin_memory):
-            pending[index] = (images, labels)
+        for index, images, labels, skipped in loader(self, workers, pin_memory):
+            pending[index] = (images, labels, skipped)
             while expected in pending:
                 yield pending.pop(expected)
                 expected += 1
 
-    def _raw_batches(self, reading: Reading, worker: int) -> Iterator[list[dict[str, Any]]]:
+    def _raw_batches(self, reading: Reading, worker: int, skips: Skips) -> Iterator[list[dict[str, Any]]]:
         """Shuffled batches of raw samples, cycling the reading if this worker runs short."""
         cycle = 0
         batch: list[dict[str, Any]] = []
@@ -189,7 +246,10 @@ class TrainStream(IterableDataset):
             rng = random.Random(stable_seed(*self.key, "worker", worker, cycle))
             drawn = 0
             for sample in _shuffle(
-                samples(reading, self.root, self.storage_options), self.buffer, min(self.buffer, 100), rng=rng
+                samples(reading, self.root, self.storage_options, skips),
+                self.buffer,
+                min(self.buffer, 100),
+                rng=rng,
             ):
                 drawn += 1
                 batch.append(sample)
@@ -233,17 +293,14 @@ class EvalStream(IterableDataset):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         batch: list[dict[str, Any]] = []
-        for sample in samples(self.reading.split(workers)[worker], self.root, self.storage_options):
+        skips = Skips()
+        for sample in samples(self.reading.split(workers)[worker], self.root, self.storage_options, skips):
             batch.append(sample)
             if len(batch) == self.batch_size:
-                yield self._decode(batch)
+                yield decode_batch(batch, self._crops, skips)
                 batch = []
         if batch:
-            yield self._decode(batch)
-
-    def _decode(self, batch: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
-        images = torch.from_numpy(np.stack([self._crops(s["jpg"]) for s in batch]))
-        return images, torch.tensor([int(s["cls"]) for s in batch])
+            yield decode_batch(batch, self._crops, skips)
 
 
 def loader(dataset: IterableDataset, workers: int, pin_memory: bool) -> DataLoader:
@@ -260,9 +317,7 @@ def loader(dataset: IterableDataset, workers: int, pin_memory: bool) -> DataLoad
 class DeviceTransform:
     """On the first tower's device: uint8 NHWC -> float NCHW, PCA lighting (train), normalise."""
 
-    def __init__(
-        self, manifest: Manifest, device: torch.device, lighting: float, channels_last: bool
-    ) -> None:
+    def __init__(self, manifest: Manifest, device: torch.device, lighting: float, channels_last: bool) -> None:
         stats = manifest.stats
         self.mean = torch.tensor(stats.mean, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(stats.std, device=device).view(1, 3, 1, 1)
@@ -277,6 +332,4 @@ class DeviceTransform:
             alpha = torch.randn(x.shape[0], 3, device=self.device) * self.lighting
             x = x + (alpha * self.eigval @ self.eigvec.T).view(-1, 3, 1, 1)
         x = (x - self.mean) / self.std
-        return x.contiguous(
-            memory_format=torch.channels_last if self.channels_last else torch.contiguous_format
-        )
+        return x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)

@@ -18,13 +18,12 @@ from omegaconf import DictConfig, OmegaConf
 from model import AlexNet
 from orchestrator import checkpoint, storage
 from orchestrator.config import REPO_ROOT, ConfigError, absolute
-from orchestrator.data import DeviceTransform, EvalStream, loader
-from shards.manifest import read_manifest
+from orchestrator.data import DeviceTransform, EvalStream, load_manifest, loader
 
 OmegaConf.register_new_resolver("repo", lambda path: os.path.join(REPO_ROOT, path), replace=True)
 
 
-def _all_reduce(values: torch.Tensor) -> torch.Tensor:
+def all_reduce(values: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized():
         values = values.cpu() if dist.get_backend() == "gloo" else values
         dist.all_reduce(values)
@@ -54,7 +53,7 @@ def evaluate(model: AlexNet, batches, transform: DeviceTransform, autocast) -> d
                 torch.tensor(len(labels), device=device),
             ]
         ).double()
-    loss, top1, top5, count = _all_reduce(totals).tolist()
+    loss, top1, top5, count = all_reduce(totals).tolist()
     count = max(count, 1)
     return {"val/loss": loss / count, "val/top1": top1 / count, "val/top5": top5 / count, "val/images": count}
 
@@ -84,7 +83,7 @@ def run(cfg: DictConfig) -> dict[str, dict[str, float]]:
     data_options = OmegaConf.to_container(cfg.data.storage_options)
     data_url = absolute(cfg.data.url)
     try:
-        manifest = read_manifest(data_url, data_options)
+        manifest = load_manifest(data_url, data_options)
     except FileNotFoundError:
         raise ConfigError(f"data.url={cfg.data.url} holds no manifest.json; point it at the shards") from None
     m = state["config"]["model"]
@@ -118,9 +117,7 @@ def run(cfg: DictConfig) -> dict[str, dict[str, float]]:
             size=m["input_size"],
             ten_crop=ten,
         )
-        results[name] = evaluate(
-            model, loader(val, cfg.data.workers, dev.type == "cuda"), transform, autocast
-        )
+        results[name] = evaluate(model, loader(val, cfg.data.workers, dev.type == "cuda"), transform, autocast)
         r = results[name]
         print(
             f"{name:12s} top-1 {r['val/top1']:.2%}  top-5 {r['val/top5']:.2%}  "

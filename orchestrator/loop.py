@@ -2,7 +2,8 @@
 
 Each worker holds one AlexNet whose towers sit on its devices (two GPUs: the paper's split);
 DDP wraps the whole module and averages gradients across workers. Rank 0 writes the tracker;
-every rank calls ray.train.report at the same points (it is a barrier)."""
+every rank calls ray.train.report at the same points (it is a barrier), and collectives such
+as the log-step all-reduce also happen at the same steps on every rank."""
 
 from __future__ import annotations
 
@@ -22,18 +23,19 @@ from model import AlexNet
 from orchestrator import checkpoint, storage
 from orchestrator.data import (
     Augment,
+    DataError,
     DeviceTransform,
     EvalStream,
     TrainStream,
+    load_manifest,
     loader,
     stable_seed,
     steps_per_epoch,
 )
 from orchestrator.devices import tower_devices
-from orchestrator.evaluate import evaluate
+from orchestrator.evaluate import all_reduce, evaluate
 from orchestrator.schedule import Schedule
 from orchestrator.tracking import Tracker, public_config
-from shards.manifest import Manifest, read_manifest
 
 
 @dataclass
@@ -47,17 +49,67 @@ class Position:
 
 
 class NullTracker:
+    """What ranks other than 0 log to."""
+
     def log(self, *args: Any, **kwargs: Any) -> None: ...
     def event(self, *args: Any, **kwargs: Any) -> None: ...
+    def upload_folder(self, *args: Any, **kwargs: Any) -> None: ...
     def summary(self, **kwargs: Any) -> None: ...
     def finish(self) -> None: ...
 
 
+class Meter:
+    """Training statistics between two log lines. `read` sums over all ranks (a collective:
+    every rank calls it at the same step) and stops the run when too much data is unreadable."""
+
+    def __init__(self, device: torch.device, max_skipped_fraction: float) -> None:
+        self.loss = torch.zeros((), device=device)
+        self.correct = torch.zeros((), device=device)
+        self.max_skipped_fraction = max_skipped_fraction
+        self.total_seen = self.total_skipped = 0.0
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss.zero_()
+        self.correct.zero_()
+        self.seen = self.batches = self.skipped = 0
+        self.waited = 0.0
+        self.start = time.perf_counter()
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, skipped: int, waited: float) -> None:
+        self.loss += loss.detach()  # no .item(): the GPU keeps running ahead of the host
+        self.correct += (logits.argmax(1) == labels).sum()
+        self.seen += len(labels)
+        self.batches += 1
+        self.skipped += skipped
+        self.waited += waited
+
+    def read(self) -> dict[str, float]:
+        elapsed = time.perf_counter() - self.start
+        seen, skipped = all_reduce(torch.tensor([self.seen, self.skipped], dtype=torch.float64)).tolist()
+        self.total_seen += seen
+        self.total_skipped += skipped
+        total = self.total_seen + self.total_skipped
+        if self.total_skipped > self.max_skipped_fraction * total:
+            raise DataError(
+                f"{self.total_skipped:.0f} of {total:.0f} samples were unreadable, more than "
+                f"data.max_skipped_fraction={self.max_skipped_fraction}; rebuild the shards named in the "
+                "warnings, or raise the limit"
+            )
+        metrics = {
+            "train/loss": self.loss.item() / self.batches,
+            "train/top1": self.correct.item() / max(1, self.seen),
+            "images_per_s": seen / elapsed,
+            "data_wait": self.waited / elapsed,
+            "data/skipped": self.total_skipped,
+        }
+        self.reset()
+        return metrics
+
+
 def build_model(config: dict[str, Any], num_classes: int) -> AlexNet:
     m = config["model"]
-    return AlexNet(
-        num_classes, dropout=m["dropout"], width=m["width"], input_size=m["input_size"], init=m["init"]
-    )
+    return AlexNet(num_classes, dropout=m["dropout"], width=m["width"], input_size=m["input_size"], init=m["init"])
 
 
 def make_optimizer(model: torch.nn.Module, optim: dict[str, Any]) -> torch.optim.SGD:
@@ -74,12 +126,13 @@ def make_optimizer(model: torch.nn.Module, optim: dict[str, Any]) -> torch.optim
 def train_loop(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    seed = config["seed"]
-    data_cfg = config["data"]
-    manifest: Manifest = read_manifest(data_cfg["url"], data_cfg["storage_options"])
+    seed, data_cfg = config["seed"], config["data"]
+    batch_size, epochs = config["batch_size"], config["epochs"]
+    manifest = load_manifest(data_cfg["url"], data_cfg["storage_options"])
     devices = ray.train.torch.get_devices() if torch.cuda.is_available() else [torch.device("cpu")]
     dev_a, dev_b, fused = tower_devices(devices, config["model"]["placement"])
 
+    # --- the model, its optimiser and schedule, on this worker's devices
     torch.manual_seed(seed)  # identical initial weights on every rank
     model = build_model(config, len(manifest.classes)).place(dev_a, dev_b, fused)
     if config["channels_last"]:
@@ -90,15 +143,14 @@ def train_loop(config: dict[str, Any]) -> None:
     if config["compile"]:
         net = torch.compile(net)
     optimizer = make_optimizer(model, config["optim"])
-    batch_size, epochs = config["batch_size"], config["epochs"]
-    train_shards = manifest.splits["train"]
-    schedule = Schedule(
-        optimizer, config["schedule"], epochs, steps_per_epoch(train_shards, world, batch_size, seed, 0)
-    )
-    pos = Position()
+    first_epoch_steps = steps_per_epoch(manifest.splits["train"], world, batch_size, seed, 0)
+    schedule = Schedule(optimizer, config["schedule"], epochs, first_epoch_steps)
 
+    # --- where the run stands: fresh, or the newest checkpoint after a restart or resume
     run_url = storage.join(config["storage"]["url"], config["run_name"])
+    options = config["storage"]["options"]
     tracker = Tracker(config, run_url, config["logger"]["dir"]) if rank == 0 else NullTracker()
+    pos = Position()
     restored = ray.train.get_checkpoint()
     if restored is not None:
         with restored.as_directory() as folder:
@@ -112,58 +164,62 @@ def train_loop(config: dict[str, Any]) -> None:
     # run continue with exactly the random numbers the uninterrupted run would have used.
     torch.manual_seed(stable_seed(seed, rank, "step", pos.step))
 
-    use_bf16 = config["precision"] == "bf16"
-
     def autocast():
-        return torch.autocast(dev_a.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+        bf16 = config["precision"] == "bf16"
+        return torch.autocast(dev_a.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+    def upload(ckpt: ray.train.Checkpoint, name: str) -> ray.train.Checkpoint:
+        """Ray registers a checkpoint only after this returns, so a half-written one is never
+        chosen for resume; the upload is retried through storage outages."""
+        url = storage.join(run_url, name)
+        storage.put_dir(ckpt.path, url, options)
+        path, fs = storage.ray_storage(url, options)
+        return ray.train.Checkpoint(path=path, filesystem=fs)
+
+    def report(metrics: dict[str, float]) -> None:
+        """Every rank reports; rank 0 also hands Ray a checkpoint, uploaded in the background
+        while training goes on."""
+        ckpt = None
+        if rank == 0:
+            folder = tempfile.mkdtemp(prefix="alexnet-checkpoint-")
+            checkpoint.save(
+                folder,
+                model=model.state_dict(),
+                optimizer=optimizer.state_dict(),
+                schedule=schedule.state_dict(),
+                position=vars(pos),
+                config=public_config(config),
+            )
+            ckpt = ray.train.Checkpoint.from_directory(folder)
+        ray.train.report(
+            {**metrics, "step": pos.step, "epoch": pos.epoch},
+            checkpoint=ckpt,
+            checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC,
+            checkpoint_upload_fn=upload,
+            delete_local_checkpoint_after_upload=True,
+        )
+        torch.manual_seed(stable_seed(seed, rank, "step", pos.step))
 
     transform = DeviceTransform(manifest, dev_a, data_cfg["lighting"], config["channels_last"])
     short_side = manifest.settings.get("resize", config["model"]["input_size"])
     augment = Augment(data_cfg["augment"], config["model"]["input_size"], short_side, train=True)
     pin = dev_a.type == "cuda"
-    log_every, every_steps = config["log_every_steps"], config["checkpoint"]["every_steps"]
-
-    def report(metrics: dict[str, float]) -> None:
-        with tempfile.TemporaryDirectory() as folder:
-            ckpt = None
-            if rank == 0:
-                checkpoint.save(
-                    folder,
-                    model=model.state_dict(),
-                    optimizer=optimizer.state_dict(),
-                    schedule=schedule.state_dict(),
-                    position=vars(pos),
-                    config=public_config(config),
-                )
-                ckpt = ray.train.Checkpoint.from_directory(folder)
-            ray.train.report({**metrics, "step": pos.step, "epoch": pos.epoch}, checkpoint=ckpt)
-        torch.manual_seed(stable_seed(seed, rank, "step", pos.step))
+    meter = Meter(dev_a, data_cfg["max_skipped_fraction"])
 
     for epoch in range(pos.epoch, epochs):
+        # --- train: every rank runs stream.steps batches, starting after those already done
         stream = TrainStream(
-            manifest,
-            data_cfg["url"],
-            data_cfg["storage_options"],
-            seed=seed,
-            epoch=epoch,
-            rank=rank,
-            world=world,
-            batch_size=batch_size,
-            augment=augment,
-            shuffle_buffer=data_cfg["shuffle_buffer"],
+            manifest, data_cfg["url"], data_cfg["storage_options"], seed=seed, epoch=epoch, rank=rank,
+            world=world, batch_size=batch_size, augment=augment, shuffle_buffer=data_cfg["shuffle_buffer"],
             skip=pos.batch,
-        )
+        )  # fmt: skip
         if stream.steps == 0:
-            raise ValueError(f"the train split has too few samples for {world} workers x batch {batch_size}")
+            raise DataError(f"the train split has too few samples for {world} workers x batch {batch_size}")
         net.train()
-        loss_sum = torch.zeros((), device=dev_a)
-        correct = torch.zeros((), device=dev_a)
-        seen = batches = 0
-        window_start = time.perf_counter()
-        waited = 0.0
+        meter.reset()
         tick = time.perf_counter()
-        for images, labels in stream.batches(data_cfg["workers"], pin):
-            waited += time.perf_counter() - tick
+        for images, labels, skipped in stream.batches(data_cfg["workers"], pin):
+            waited = time.perf_counter() - tick
             x = transform(images, train=True)
             y = labels.to(dev_a, non_blocking=True)
             with autocast():
@@ -175,47 +231,26 @@ def train_loop(config: dict[str, Any]) -> None:
             schedule.after_step()
             pos.step += 1
             pos.batch += 1
-            loss_sum += loss.detach()
-            correct += (logits.argmax(1) == y).sum()
-            seen += len(y)
-            batches += 1
-            if pos.step % log_every == 0 or pos.batch == stream.steps:
-                elapsed = time.perf_counter() - window_start
-                metrics = {
-                    "train/loss": loss_sum.item() / batches,
-                    "train/top1": correct.item() / max(1, seen),
-                    "lr": optimizer.param_groups[0]["lr"],
-                    "images_per_s": seen * world / elapsed,
-                    "data_wait": waited / elapsed,
-                }
+            meter.add(loss, logits, y, skipped, waited)
+            if pos.step % config["log_every_steps"] == 0 or pos.batch == stream.steps:
+                metrics = {**meter.read(), "lr": optimizer.param_groups[0]["lr"]}
                 tracker.log(pos.step, epoch, metrics)
                 if rank == 0:
                     print(
                         f"epoch {epoch + 1}/{epochs} batch {pos.batch}/{stream.steps} step {pos.step} "
-                        f"loss {metrics['train/loss']:.3f} top1 {metrics['train/top1']:.1%} "
-                        f"lr {metrics['lr']:.2g} "
+                        f"loss {metrics['train/loss']:.3f} top1 {metrics['train/top1']:.1%} lr {metrics['lr']:.2g} "
                         f"{metrics['images_per_s']:,.0f} img/s data-wait {metrics['data_wait']:.0%}",
                         flush=True,
                     )
-                loss_sum.zero_()
-                correct.zero_()
-                seen = batches = 0
-                waited = 0.0
-                window_start = time.perf_counter()
-            if pos.step % every_steps == 0 and pos.batch < stream.steps:
+            if pos.step % config["checkpoint"]["every_steps"] == 0 and pos.batch < stream.steps:
                 report({})
             tick = time.perf_counter()
 
+        # --- validate on every rank's share of val, then checkpoint the epoch's end
         val = EvalStream(
-            manifest,
-            data_cfg["url"],
-            data_cfg["storage_options"],
-            rank=rank,
-            world=world,
-            batch_size=batch_size,
-            size=config["model"]["input_size"],
-            ten_crop=config["eval"]["ten_crop"],
-        )
+            manifest, data_cfg["url"], data_cfg["storage_options"], rank=rank, world=world,
+            batch_size=batch_size, size=config["model"]["input_size"], ten_crop=config["eval"]["ten_crop"],
+        )  # fmt: skip
         metrics = evaluate(model, loader(val, data_cfg["workers"], pin), transform, autocast)
         schedule.after_epoch(metrics["val/top1"])
         pos.epoch, pos.batch = epoch + 1, 0
@@ -225,30 +260,15 @@ def train_loop(config: dict[str, Any]) -> None:
         tracker.log(pos.step, epoch, metrics)
         if rank == 0:
             print(
-                f"epoch {epoch + 1}/{epochs} val top1 {metrics['val/top1']:.1%} "
-                f"top5 {metrics['val/top5']:.1%} "
+                f"epoch {epoch + 1}/{epochs} val top1 {metrics['val/top1']:.1%} top5 {metrics['val/top5']:.1%} "
                 f"loss {metrics['val/loss']:.3f}",
                 flush=True,
             )
-        if rank == 0 and improved:
-            save_best(run_url, config, model, metrics, pos)
+            if improved:  # saved here and now, uploaded in the background
+                folder = tempfile.mkdtemp(prefix="alexnet-best-")
+                state = {"model": model.state_dict(), "position": vars(pos), "metrics": metrics}
+                checkpoint.save(folder, **state, config=public_config(config))
+                tracker.upload_folder(folder, storage.join(run_url, "best"), options)
         report(metrics)
     tracker.summary(**{"best/val_top1": pos.best_top1})
     tracker.finish()
-
-
-def save_best(
-    run_url: str, config: dict[str, Any], model: AlexNet, metrics: dict[str, float], pos: Position
-) -> None:
-    """The best model by val top-1, beside Ray's rotating checkpoints, which may drop it."""
-    fs, path = storage.filesystem(storage.join(run_url, "best"), config["storage"]["options"])
-    with tempfile.TemporaryDirectory() as folder:
-        local = checkpoint.save(
-            folder,
-            model=model.state_dict(),
-            position=vars(pos),
-            metrics=metrics,
-            config=public_config(config),
-        )
-        fs.makedirs(path, exist_ok=True)
-        fs.put_file(local, f"{path}/{checkpoint.STATE_FILE}")

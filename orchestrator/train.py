@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import time
 from typing import Any
@@ -20,11 +21,11 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from orchestrator import storage
 from orchestrator.config import REPO_ROOT, ConfigError, absolute, register, validate
+from orchestrator.data import load_manifest
 from orchestrator.loop import train_loop
 from orchestrator.runs import RunRecord
 from orchestrator.sweep import in_multirun, name_job, submit
 from orchestrator.tracking import public_config
-from shards.manifest import read_manifest
 
 OmegaConf.register_new_resolver("repo", lambda path: os.path.join(REPO_ROOT, path), replace=True)
 register()
@@ -37,7 +38,7 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
     config = validate(cfg)
     d = config["data"]
     try:
-        manifest = read_manifest(d["url"], d["storage_options"])
+        manifest = load_manifest(d["url"], d["storage_options"])
     except FileNotFoundError:
         raise ConfigError(
             f"data.url={d['url']} holds no manifest.json; build shards there first (make shards, "
@@ -92,10 +93,30 @@ def scaling(config: dict[str, Any]) -> tuple[ray.train.ScalingConfig, TorchConfi
     if not cluster["address"]:  # an embedded Ray: fractional CPUs so every worker of every job fits
         cpus = min(cpus, total.get("CPU", 1) / (nodes * config["sweep"]["parallel"]))
     resources = {"CPU": cpus, **({"GPU": gpus} if use_gpu else {})}
+    wait_for_resources({k: v * nodes for k, v in resources.items()}, cluster["placement_timeout_s"])
     return (
         ray.train.ScalingConfig(num_workers=nodes, use_gpu=use_gpu, resources_per_worker=resources),
         TorchConfig(backend="nccl" if use_gpu else "gloo"),
     )
+
+
+def wait_for_resources(need: dict[str, float], timeout_s: float) -> None:
+    """Ray would wait forever for workers that cannot be placed; we wait a bounded time (an
+    autoscaler may be adding nodes), then say what the cluster has."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        have = ray.cluster_resources()
+        short = {k: v for k, v in need.items() if have.get(k, 0) < v}
+        if not short:
+            return
+        if time.monotonic() > deadline:
+            wanted = ", ".join(f"{v:g} {k}" for k, v in need.items())
+            has = ", ".join(f"{have.get(k, 0):g} {k}" for k in need)
+            raise ConfigError(
+                f"the job needs {wanted} but the Ray cluster has {has} after {timeout_s:g} s "
+                "(cluster.placement_timeout_s); lower cluster.nodes or cluster.gpus_per_worker, or add nodes"
+            )
+        time.sleep(min(2.0, timeout_s))
 
 
 def launch(config: dict[str, Any]) -> ray.train.Result:
@@ -120,23 +141,28 @@ def launch(config: dict[str, Any]) -> ray.train.Result:
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config["checkpoint"]["keep"]),
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),  # our own lines say enough
             # Train's print patch tees print() into its logger: every line would show twice.
-            worker_runtime_env={
-                "env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
-            },
+            worker_runtime_env={"env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
         ),
     )
     return trainer.fit()
 
 
-def summarize(config: dict[str, Any], result: ray.train.Result, seconds: float) -> float:
+def root_cause(err: BaseException) -> str:
+    """The last 'SomeError: message' line of a worker's traceback, or the first line."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    causes = [line for line in lines if re.match(r"^[\w.]+(Error|Exception|Exit)\b.*:", line)]
+    return (causes[-1] if causes else lines[0] if lines else type(err).__name__)[:500]
+
+
+def summarize(config: dict[str, Any], result: ray.train.Result | None, error: str | None, seconds: float) -> float:
     """Print what a user wants at the end: accuracy, speed, and where everything is."""
     options = config["storage"]["options"]
     run_url = storage.join(config["storage"]["url"], config["run_name"])
     record = RunRecord.read(run_url, options)
-    failed = result.error is not None
+    failed = error is not None
     record_event = {"event": "failed" if failed else "finished", "seconds": round(seconds, 1)}
     if failed:
-        record_event["error"] = str(result.error).splitlines()[0][:300]
+        record_event["error"] = error
     storage.write_text(
         storage.join(run_url, "metrics.jsonl"),
         "".join(json.dumps(line) + "\n" for line in [*record.lines, record_event]),
@@ -145,7 +171,7 @@ def summarize(config: dict[str, Any], result: ray.train.Result, seconds: float) 
     best = record.best() or {}
     rate = record.images_per_s()
     wandb = record.events("wandb")
-    checkpoint = result.checkpoint.path if result.checkpoint else None
+    checkpoint = result.checkpoint.path if result is not None and result.checkpoint else None
     if checkpoint and not storage.is_local(config["storage"]["url"]):
         checkpoint = config["storage"]["url"].split("://", 1)[0] + "://" + checkpoint
     lines = [
@@ -158,9 +184,7 @@ def summarize(config: dict[str, Any], result: ray.train.Result, seconds: float) 
     ]
     if wandb:
         w = wandb[-1]
-        where = (
-            w["url"] if w["mode"] == "online" else f"{w['dir']} (offline; upload with: wandb sync {w['dir']})"
-        )
+        where = w["url"] if w["mode"] == "online" else f"{w['dir']} (offline; upload with: wandb sync {w['dir']})"
         lines.append(f"  W&B         {where}")
     print("\n".join(lines), flush=True)
     if failed:
@@ -174,8 +198,13 @@ class TrainingFailed(RuntimeError):
 
 def execute(config: dict[str, Any]) -> float:
     start = time.perf_counter()
-    result = launch(config)
-    return summarize(config, result, time.perf_counter() - start)
+    result, error = None, None
+    try:
+        result = launch(config)
+        error = root_cause(result.error) if result.error is not None else None
+    except ray.train.TrainingFailedError as err:  # a worker or the controller gave up
+        error = root_cause(err)
+    return summarize(config, result, error, time.perf_counter() - start)
 
 
 def run(cfg: DictConfig) -> float | None:
@@ -192,9 +221,7 @@ def record_failure(cfg: DictConfig, error: str) -> None:
         name_job(config)
         run_url = storage.join(absolute(config["storage"]["url"]), config["run_name"])
         options = config["storage"]["options"]
-        storage.write_text(
-            storage.join(run_url, "config.yaml"), OmegaConf.to_yaml(public_config(config)), options
-        )
+        storage.write_text(storage.join(run_url, "config.yaml"), OmegaConf.to_yaml(public_config(config)), options)
         storage.write_text(
             storage.join(run_url, "metrics.jsonl"),
             json.dumps({"event": "failed", "error": error}) + "\n",

@@ -20,9 +20,7 @@ def _common(p: argparse.ArgumentParser, resize: int, shard_size: int) -> None:
     p.add_argument("--out", required=True, help="destination URL: path, file://, s3://, gs://, memory://")
     p.add_argument("--resize", type=int, default=resize, help="short side in pixels (default %(default)s)")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality (default %(default)s)")
-    p.add_argument(
-        "--shard-size", type=int, default=shard_size, help="images per shard (default %(default)s)"
-    )
+    p.add_argument("--shard-size", type=int, default=shard_size, help="images per shard (default %(default)s)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")
     p.add_argument("--seed", type=int, default=0, help="shuffle seed (default %(default)s)")
     p.add_argument("--stats-images", type=int, default=2000, help="train images measured for mean/std/PCA")
@@ -57,12 +55,8 @@ def run(args: argparse.Namespace) -> str:
     try:
         options = json.loads(args.storage_options)
     except json.JSONDecodeError:
-        raise ShardsError(
-            "--storage-options is not valid JSON; pass an object such as '{\"anon\": false}'"
-        ) from None
-    settings = Settings(
-        args.resize, args.quality, args.shard_size, args.seed, args.workers, args.stats_images
-    )
+        raise ShardsError("--storage-options is not valid JSON; pass an object such as '{\"anon\": false}'") from None
+    settings = Settings(args.resize, args.quality, args.shard_size, args.seed, args.workers, args.stats_images)
     dest = Destination(args.out, options)
     if args.command == "imagenet":
         if not (args.train_tar or args.val_tar):

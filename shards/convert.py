@@ -157,9 +157,7 @@ def reuse_shard(plan: ShardPlan, dest: Destination, settings: Settings) -> Shard
     return ShardResult(plan.split, info, [Skipped(**s) for s in record["skipped"]])
 
 
-def process_shard(
-    plan: ShardPlan, dest: Destination, settings: Settings, wnids: list[str]
-) -> tuple[ShardResult, bool]:
+def process_shard(plan: ShardPlan, dest: Destination, settings: Settings, wnids: list[str]) -> tuple[ShardResult, bool]:
     reused = reuse_shard(plan, dest, settings)
     if reused is not None:
         return reused, True

@@ -33,9 +33,7 @@ def _index(root: str, label_of: dict[str, int]) -> list[Sample]:
 def folder_source(train: str | None, val: str | None) -> Source:
     names = _classes(train or val)
     if train and val and _classes(val) != names:
-        raise ShardsError(
-            f"val folder {val} has different class subfolders from train folder {train}; make them match"
-        )
+        raise ShardsError(f"val folder {val} has different class subfolders from train folder {train}; make them match")
     label_of = {n: i for i, n in enumerate(names)}
     splits = {}
     if train:

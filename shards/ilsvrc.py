@@ -35,9 +35,7 @@ def read_devkit(path: str) -> tuple[dict[int, ClassEntry], list[int] | None]:
         members = {m.name.split("/", 1)[-1]: m for m in tar.getmembers() if m.isfile()}
         if META not in members:
             raise ShardsError(f"devkit {path} has no {META}; pass ILSVRC2012_devkit_t12.tar.gz")
-        synsets = scipy.io.loadmat(io.BytesIO(tar.extractfile(members[META]).read()), squeeze_me=True)[
-            "synsets"
-        ]
+        synsets = scipy.io.loadmat(io.BytesIO(tar.extractfile(members[META]).read()), squeeze_me=True)["synsets"]
         truth = None
         if GROUND_TRUTH in members:
             text = tar.extractfile(members[GROUND_TRUTH]).read().decode()
@@ -110,9 +108,7 @@ def index_val(
     samples = []
     for image, ilsvrc_id in zip(images, truth, strict=True):
         if ilsvrc_id not in leaves:
-            raise ShardsError(
-                f"val ground truth names ILSVRC2012_ID {ilsvrc_id}, not a leaf synset of the devkit"
-            )
+            raise ShardsError(f"val ground truth names ILSVRC2012_ID {ilsvrc_id}, not a leaf synset of the devkit")
         samples.append(
             Sample(
                 key_for(image.name),

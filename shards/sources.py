@@ -58,7 +58,5 @@ def unique_keys(samples: list[Sample]) -> list[Sample]:
         seen[s.key] = n + 1
         out.append(s if n == 0 else Sample(f"{s.key}_{n}", s.source, s.label, s.path, s.offset, s.size))
     if len({s.key for s in out}) != len(out):
-        raise ShardsError(
-            "could not derive unique sample keys from the file names; rename the clashing files"
-        )
+        raise ShardsError("could not derive unique sample keys from the file names; rename the clashing files")
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 
 import pytest
@@ -13,50 +14,51 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# Credentials come from the environment, as in production (the config refuses them): moto
+# accepts any. Set for the whole session, before any Ray starts, so workers inherit them.
+TEST_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing-access-key",
+    "AWS_SECRET_ACCESS_KEY": "testing-secret-key",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "WANDB_MODE": "offline",
+}
+HOST_ONLY = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN", "WANDB_API_KEY")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _test_environment():
+    """Tests never reach real clouds: no credentials or endpoints leak in from the machine."""
+    saved = dict(os.environ)
+    for var in HOST_ONLY:
+        os.environ.pop(var, None)
+    os.environ.update(TEST_ENV)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 @pytest.fixture(scope="session")
 def s3_server():
-    """moto in server mode on 127.0.0.1, as s3fs's own tests use; yields its storage options."""
+    """moto in server mode on 127.0.0.1, as s3fs's own tests use; yields its endpoint URL."""
     from moto.server import ThreadedMotoServer
 
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
-    yield {
-        "endpoint_url": f"http://127.0.0.1:{port}",
-        "key": "testing-access-key",
-        "secret": "testing-secret-key",
-    }
+    yield f"http://127.0.0.1:{port}"
     server.stop()
 
 
 @pytest.fixture
 def s3_bucket(s3_server, request):
-    """A fresh bucket for one test; returns (bucket name, storage options)."""
+    """A fresh bucket for one test; returns (bucket name, fsspec storage options)."""
     import s3fs
 
-    fs = s3fs.S3FileSystem(
-        client_kwargs={"endpoint_url": s3_server["endpoint_url"]},
-        key=s3_server["key"],
-        secret=s3_server["secret"],
-        skip_instance_cache=True,
-    )
+    options = {"client_kwargs": {"endpoint_url": s3_server}}
+    fs = s3fs.S3FileSystem(**options, skip_instance_cache=True)
     name = "b-" + request.node.name.lower().replace("_", "-")[:40].strip("-")
     fs.mkdir(name)
-    options = {
-        "client_kwargs": {"endpoint_url": s3_server["endpoint_url"]},
-        "key": s3_server["key"],
-        "secret": s3_server["secret"],
-    }
     return name, options
-
-
-@pytest.fixture(autouse=True)
-def _no_aws_from_the_host(monkeypatch):
-    """Tests never reach real clouds: no credentials or endpoints leak in from the machine."""
-    for var in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
 
 
 @pytest.fixture(scope="session")

@@ -25,12 +25,8 @@ def make_run(
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     lines = []
     for epoch, top1 in enumerate(tops):
-        lines.append(
-            {"step": epoch * 10 + 5, "epoch": epoch, "train/loss": 2.0 - top1, "images_per_s": 100.0}
-        )
-        lines.append(
-            {"step": epoch * 10 + 10, "epoch": epoch, "val/top1": top1, "val/top5": min(1, top1 + 0.3)}
-        )
+        lines.append({"step": epoch * 10 + 5, "epoch": epoch, "train/loss": 2.0 - top1, "images_per_s": 100.0})
+        lines.append({"step": epoch * 10 + 10, "epoch": epoch, "val/top1": top1, "val/top5": min(1, top1 + 0.3)})
     lines.append({"event": status})
     (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
 

@@ -78,3 +78,25 @@ def test_command_line_error_is_one_line_and_exit_2(tiny_shards):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["error: optim.lr=-1.0 must be greater than 0"]
+
+
+def test_credentials_in_the_config_are_refused(tiny_shards):
+    cfg = compose(f"data.url={tiny_shards}")
+    cfg.storage.options = {"client_kwargs": {"aws_secret_access_key": "x"}}
+    with pytest.raises(ConfigError, match=r"storage\.options holds a credential .*environment"):
+        prepare(cfg)
+    cfg = compose(f"data.url={tiny_shards}")
+    cfg.data.storage_options = {"token": "x"}
+    with pytest.raises(ConfigError, match=r"data\.storage_options holds a credential \(token\)"):
+        prepare(cfg)
+
+
+def test_pipe_urls_need_an_explicit_opt_in(tiny_shards):
+    cfg = compose()
+    cfg.data.url = "pipe:cat /etc/passwd"
+    with pytest.raises(ConfigError, match="pipe: command"):
+        prepare(cfg)
+    cfg = compose("data.allow_pipe=true", "model.input_size=67")
+    cfg.data.url = f"pipe:cat {tiny_shards}/{{name}}"
+    config = prepare(cfg)  # opted in: the manifest is read through the command
+    assert config["data"]["url"].startswith("pipe:cat ")

@@ -17,9 +17,9 @@ def keys_of(stream: TrainStream, workers: int = 0) -> list[list[str]]:
     import orchestrator.data as data
 
     original = data.decode_batch
-    data.decode_batch = lambda batch, augment: ([s["__key__"] for s in batch], None)
+    data.decode_batch = lambda batch, decode, skips: ([s["__key__"] for s in batch], None)
     try:
-        return [b for b, _ in stream.batches(workers, False)]
+        return [keys for keys, _, _ in stream.batches(workers, False)]
     finally:
         data.decode_batch = original
 
@@ -85,8 +85,8 @@ def test_skipping_resumes_exactly_where_the_checkpoint_was(tiny_shards, workers)
 
 def test_augmentation_of_a_batch_does_not_depend_on_skipping(tiny_shards):
     manifest = read_manifest(tiny_shards)
-    full = [x for x, _ in stream(manifest, tiny_shards).batches(0, False)]
-    resumed = [x for x, _ in stream(manifest, tiny_shards, skip=2).batches(0, False)]
+    full = [x for x, _, _ in stream(manifest, tiny_shards).batches(0, False)]
+    resumed = [x for x, _, _ in stream(manifest, tiny_shards, skip=2).batches(0, False)]
     assert all(torch.equal(a, b) for a, b in zip(full[2:], resumed, strict=True))
     assert full[0].dtype == torch.uint8 and full[0].shape == (8, 67, 67, 3)
 
@@ -103,9 +103,7 @@ def test_val_is_read_once_across_ranks(tiny_shards, world):
 
 def test_ten_crop_gives_ten_views(tiny_shards):
     manifest = read_manifest(tiny_shards)
-    images, _ = next(
-        iter(EvalStream(manifest, tiny_shards, {}, rank=0, world=1, batch_size=4, size=67, ten_crop=True))
-    )
+    images, _ = next(iter(EvalStream(manifest, tiny_shards, {}, rank=0, world=1, batch_size=4, size=67, ten_crop=True)))
     assert images.shape == (4, 10, 67, 67, 3)
     assert torch.equal(images[:, 5], images[:, 1].flip(2))  # mirrored image: its top-left is the top-right
 

@@ -187,9 +187,7 @@ def test_odd_class_count_gives_tower_a_the_extra_output():
 
 def test_paper_init_statistics():
     model = AlexNet()
-    weights = torch.cat(
-        [layer.weight.flatten() for t in (model.tower_a, model.tower_b) for _, layer in t.layers()]
-    )
+    weights = torch.cat([layer.weight.flatten() for t in (model.tower_a, model.tower_b) for _, layer in t.layers()])
     assert abs(weights.mean().item()) < 1e-4
     assert weights.std().item() == pytest.approx(0.01, rel=0.01)
     for _, tower in (("a", model.tower_a), ("b", model.tower_b)):

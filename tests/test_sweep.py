@@ -42,9 +42,7 @@ def tiny(shards: str, runs: str) -> list[str]:
 
 def test_lr_by_dropout_sweep_with_a_failing_job(tiny_shards, tmp_path, capsys):
     runs = str(tmp_path / "runs")
-    proc = train(
-        "-m", "optim.lr=0.02,0.01", "model.dropout=0.5,0.3,1.5", "sweep.parallel=2", *tiny(tiny_shards, runs)
-    )
+    proc = train("-m", "optim.lr=0.02,0.01", "model.dropout=0.5,0.3,1.5", "sweep.parallel=2", *tiny(tiny_shards, runs))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stderr.count("model.dropout=1.5 must be in [0, 1)") == 2  # the sweep went on
     folders = sorted(f for f in os.listdir(runs) if not f.startswith("."))

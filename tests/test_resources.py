@@ -1,0 +1,31 @@
+"""Asking for more GPUs than the cluster has ends in a clear message after a bounded wait."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from conftest import compose, tiny_run_overrides
+
+from orchestrator.config import ConfigError
+from orchestrator.train import run
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+
+def test_more_gpus_than_the_cluster_has(tiny_shards, tmp_path):
+    import ray
+
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False)  # one (pretend) GPU
+    try:
+        cfg = compose(
+            *tiny_run_overrides(tiny_shards, str(tmp_path)),
+            "cluster.gpus_per_worker=2",
+            "cluster.placement_timeout_s=3",
+        )
+        start = time.monotonic()
+        with pytest.raises(ConfigError, match=r"needs .*4 GPU but the Ray cluster has .*1 GPU after 3 s"):
+            run(cfg)
+        assert time.monotonic() - start < 30
+    finally:
+        ray.shutdown()
