@@ -46,6 +46,9 @@ sweep: $(STAMP) $(DEMO_SHARDS)/manifest.json
 bench: $(STAMP) $(DEMO_SHARDS)/manifest.json
 	$(PY) -m orchestrator.bench
 
+bench-gpu: $(STAMP)
+	$(PY) -m orchestrator.bench --gpu
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache outputs multirun bench.json
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -205,6 +205,7 @@ def train_loop(config: dict[str, Any]) -> None:
     augment = Augment(data_cfg["augment"], config["model"]["input_size"], short_side, train=True)
     pin = dev_a.type == "cuda"
     meter = Meter(dev_a, data_cfg["max_skipped_fraction"])
+    first_step = pos.step
 
     for epoch in range(pos.epoch, epochs):
         # --- train: every rank runs stream.steps batches, starting after those already done
@@ -232,6 +233,8 @@ def train_loop(config: dict[str, Any]) -> None:
             pos.step += 1
             pos.batch += 1
             meter.add(loss, logits, y, skipped, waited)
+            if pos.step == first_step + 1:  # how long launching took, from the user's side
+                tracker.event("first_step", step=pos.step)
             if pos.step % config["log_every_steps"] == 0 or pos.batch == stream.steps:
                 metrics = {**meter.read(), "lr": optimizer.param_groups[0]["lr"]}
                 tracker.log(pos.step, epoch, metrics)
