@@ -33,6 +33,26 @@ def pooled_size(input_size: int) -> int:
     return size
 
 
+class LocalResponseNorm(nn.Module):
+    """The paper's local response normalisation across channels, x / (k + alpha * mean(x^2))^beta
+    over a window of `size` adjacent channels, applied within each of `groups` towers.
+
+    The same function as torch.nn.LocalResponseNorm on each tower (the tests check it), computed
+    as a 1-D average over the channel axis of channels-last memory, where it is a view: torch's
+    version pads and runs a 3-D average pool, which was ~45% of a CPU training step."""
+
+    def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0) -> None:
+        super().__init__()
+        self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
+
+    def forward(self, x: torch.Tensor, groups: int = 1) -> torch.Tensor:
+        n, c, h, w = x.shape
+        squares = (x * x).permute(0, 2, 3, 1).reshape(n * h * w * groups, 1, c // groups)
+        mean = F.avg_pool1d(squares, self.size, stride=1, padding=self.size // 2)
+        scale = mean.mul(self.alpha).add(self.k).pow(self.beta)
+        return x / scale.view(n, h, w, c).permute(0, 3, 1, 2)
+
+
 def tower_widths(width: float) -> tuple[int, ...]:
     return tuple(max(1, round(w * width)) for w in PAPER_TOWER_WIDTHS)
 
@@ -104,7 +124,7 @@ class AlexNet(nn.Module):
         self.tower_a = Tower(self.widths, pooled, classes_a)
         self.tower_b = Tower(self.widths, pooled, num_classes - classes_a)
         # Applied within each tower, as on the authors' GPUs: k=2, n=5, alpha=1e-4, beta=0.75.
-        self.lrn = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)
+        self.lrn = LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)
         self.pool = nn.MaxPool2d(3, stride=2)
         self.dropout = nn.Dropout(dropout)
         self.reset_parameters(init)
@@ -182,10 +202,6 @@ class AlexNet(nn.Module):
         bias = torch.cat([a.bias, b.bias])
         return F.relu(F.conv2d(x, weight, bias, a.stride, a.padding, groups=groups))
 
-    def _tower_lrn(self, x: torch.Tensor) -> torch.Tensor:
-        n, c, h, w = x.shape
-        return self.lrn(x.reshape(n * 2, c // 2, h, w)).reshape(n, c, h, w)
-
     def _fc(self, name: str, x: torch.Tensor) -> torch.Tensor:
         # Two matmuls on the shared input instead of concatenating 37M weights every step.
         a, b = getattr(self.tower_a, name), getattr(self.tower_b, name)
@@ -193,8 +209,8 @@ class AlexNet(nn.Module):
 
     def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.placement.tower_a)
-        x = self.pool(self._tower_lrn(self._conv("conv1", x, groups=1)))
-        x = self.pool(self._tower_lrn(self._conv("conv2", x, groups=2)))
+        x = self.pool(self.lrn(self._conv("conv1", x, groups=1), groups=2))
+        x = self.pool(self.lrn(self._conv("conv2", x, groups=2), groups=2))
         x = self._conv("conv3", x, groups=1)  # reads both towers
         x = self.pool(self._conv("conv5", self._conv("conv4", x, groups=2), groups=2))
         x = F.relu(self._fc("fc6", self.dropout(x.flatten(1))))

@@ -98,7 +98,9 @@ def write_shard(plan: ShardPlan, dest: Destination, settings: Settings, wnids: l
     written = 0
     try:
         with open(staged, "wb") as stream:
-            writer = wds.TarWriter(stream)
+            # A fixed integer mtime: plain ustar headers (no pax record per member, so readers
+            # parse half the headers) and byte-identical shards from identical input.
+            writer = wds.TarWriter(stream, mtime=0)
             for s in plan.samples:
                 try:
                     jpg, width, height = to_jpeg(s.read(), settings.resize, settings.quality)

@@ -185,6 +185,26 @@ def test_odd_class_count_gives_tower_a_the_extra_output():
     assert model(torch.zeros(1, 3, 67, 67)).shape == (1, 11)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_lrn_is_torchs_within_each_tower(channels_last):
+    from model.alexnet import LocalResponseNorm
+
+    x = torch.randn(3, 96, 13, 11) * 30
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    torch_lrn = torch.nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)
+    ours = LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)
+    torch.testing.assert_close(ours(x), torch_lrn(x))
+    per_tower = torch.cat([torch_lrn(x[:, :48]), torch_lrn(x[:, 48:])], 1)
+    torch.testing.assert_close(ours(x, groups=2), per_tower)
+    x.requires_grad_(True)
+    (ours(x, groups=2) ** 2).sum().backward()
+    grad = x.grad.clone()
+    x.grad = None
+    torch.cat([torch_lrn(x[:, :48]), torch_lrn(x[:, 48:])], 1).pow(2).sum().backward()
+    torch.testing.assert_close(grad, x.grad)
+
+
 def test_paper_init_statistics():
     model = AlexNet()
     weights = torch.cat([layer.weight.flatten() for t in (model.tower_a, model.tower_b) for _, layer in t.layers()])
