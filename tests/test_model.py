@@ -205,6 +205,14 @@ def test_lrn_is_torchs_within_each_tower(channels_last):
     torch.testing.assert_close(grad, x.grad)
 
 
+def test_lrn_gradient_is_exact():
+    from model.alexnet import LocalResponseNorm
+
+    x = (torch.randn(2, 12, 5, 4, dtype=torch.float64) * 20).contiguous(memory_format=torch.channels_last)
+    lrn = LocalResponseNorm(5, alpha=1e-2, beta=0.75, k=2.0)  # a large alpha: the window term matters
+    assert torch.autograd.gradcheck(lambda t: lrn(t, groups=2), (x.requires_grad_(True),))
+
+
 def test_paper_init_statistics():
     model = AlexNet()
     weights = torch.cat([layer.weight.flatten() for t in (model.tower_a, model.tower_b) for _, layer in t.layers()])
