@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 import simplejpeg
 import torch
+import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchvision.transforms import v2
-from webdataset.filters import _shuffle
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from orchestrator import storage
@@ -277,12 +277,8 @@ class TrainStream(IterableDataset):
         while True:
             rng = random.Random(stable_seed(*self.key, "worker", worker, cycle))
             drawn = 0
-            for sample in _shuffle(
-                samples(reading, self.root, self.storage_options, skips),
-                self.buffer,
-                min(self.buffer, 100),
-                rng=rng,
-            ):
+            shuffle = wds.filters.shuffle(self.buffer, min(self.buffer, 100), rng=rng)
+            for sample in shuffle(samples(reading, self.root, self.storage_options, skips)):
                 drawn += 1
                 batch.append(sample)
                 if len(batch) == self.batch_size:
