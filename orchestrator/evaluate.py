@@ -60,11 +60,16 @@ def evaluate(model: AlexNet, batches, transform: DeviceTransform, autocast) -> d
 
 def fetch_checkpoint(url: str, options: dict[str, Any]) -> dict[str, Any]:
     """A Ray checkpoint folder, a best/ folder, or a state.pt file; local or any fsspec URL."""
+    missing = ConfigError(
+        f"checkpoint={url} is not a checkpoint; pass a run's checkpoint_* or best folder, or a state.pt"
+    )
+    if not url:
+        raise missing
     fs, path = storage.filesystem(absolute(url), options)
-    if not fs.exists(path):
-        raise ConfigError(f"checkpoint={url} does not exist; pass a checkpoint_* folder or a state.pt file")
     if fs.isdir(path):
         path = f"{path.rstrip('/')}/{checkpoint.STATE_FILE}"
+    if not fs.isfile(path):
+        raise missing
     with tempfile.TemporaryDirectory() as folder:
         local = os.path.join(folder, checkpoint.STATE_FILE)
         fs.get_file(path, local)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -100,3 +101,16 @@ def test_pipe_urls_need_an_explicit_opt_in(tiny_shards):
     cfg.data.url = f"pipe:cat {tiny_shards}/{{name}}"
     config = prepare(cfg)  # opted in: the manifest is read through the command
     assert config["data"]["url"].startswith("pipe:cat ")
+
+
+def test_evaluate_names_a_missing_checkpoint(tmp_path, tiny_shards):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from orchestrator.evaluate import run as evaluate
+
+    conf = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
+    with initialize_config_dir(config_dir=conf, version_base="1.3"):
+        cfg = hydra_compose("evaluate", overrides=[f"checkpoint={tmp_path}", f"data.url={tiny_shards}"])
+    with pytest.raises(ConfigError, match="is not a checkpoint"):
+        evaluate(cfg)
