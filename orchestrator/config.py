@@ -126,7 +126,9 @@ class TrainConfig:
 
 
 def register() -> None:
+    """The schema as `train_schema` for conf/train.yaml, and ${repo:path} for paths in this repo."""
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    OmegaConf.register_new_resolver("repo", lambda path: os.path.join(REPO_ROOT, path), replace=True)
 
 
 def _choice(key: str, value: str, options: tuple[str, ...]) -> None:

@@ -17,10 +17,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from model import AlexNet
 from orchestrator import checkpoint, storage
-from orchestrator.config import REPO_ROOT, ConfigError, absolute
+from orchestrator.config import ConfigError, absolute, register
 from orchestrator.data import DeviceTransform, EvalStream, load_manifest, loader
 
-OmegaConf.register_new_resolver("repo", lambda path: os.path.join(REPO_ROOT, path), replace=True)
+register()
 
 
 def all_reduce(values: torch.Tensor) -> torch.Tensor:

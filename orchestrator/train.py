@@ -27,7 +27,6 @@ from orchestrator.runs import RunRecord
 from orchestrator.sweep import in_multirun, name_job, submit
 from orchestrator.tracking import public_config
 
-OmegaConf.register_new_resolver("repo", lambda path: os.path.join(REPO_ROOT, path), replace=True)
 register()
 
 SHIP_EXCLUDES = ["data/", "runs/", "outputs/", "multirun/", "wandb/", ".venv/", ".git/", "*.tar"]
