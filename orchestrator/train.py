@@ -244,5 +244,39 @@ def main(cfg: DictConfig) -> float | None:
         sys.exit(2 if isinstance(err, ConfigError) else 1)
 
 
-if __name__ == "__main__":
+def override_problem(argv: list[str]) -> str | None:
+    """One sentence for an override Hydra cannot compose (an unknown key, a wrong type, a missing
+    option), checked before Hydra runs: its own report spans several lines. Sweeps (-m) and
+    anything this check cannot judge are left to Hydra."""
+    if any(arg.startswith("-") for arg in argv):
+        return None
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import ConfigCompositionException, MissingConfigException
+
+    try:
+        with initialize_config_dir(config_dir=os.path.join(REPO_ROOT, "conf"), version_base="1.3"):
+            compose("train", overrides=argv)
+    except MissingConfigException as err:
+        lines = str(err).splitlines()
+        options = [line.strip() for line in lines if line.startswith("\t") and "provider=" not in line]
+        return f"{lines[0]}; choose one of: {', '.join(options)}" if options else lines[0]
+    except ConfigCompositionException as err:
+        cause = str(err.__cause__).splitlines()[0] if err.__cause__ else ""
+        first = str(err).splitlines()[0].rstrip(".")
+        hint = "check the spelling (--cfg job lists every key)" if " not in " in cause else "fix the value"
+        return f"{first}: {cause}; {hint}"
+    except Exception:  # not ours to judge here: Hydra reports it
+        return None
+    return None
+
+
+def cli() -> None:
+    problem = override_problem(sys.argv[1:])
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
     main()
+
+
+if __name__ == "__main__":
+    cli()

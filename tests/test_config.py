@@ -70,6 +70,23 @@ def test_unknown_keys_and_wrong_types_fail_at_composition():
         compose("batch_size=many")
 
 
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["optim.lrr=0.1"], ["optim.lrr", "not in"]),
+        (["batch_size=many"], ["batch_size=many", "Integer"]),
+        (["model=nope"], ["model/nope", "alexnet_mini"]),
+    ],
+)
+def test_unknown_keys_wrong_types_and_options_are_one_sentence(argv, words):
+    from orchestrator.train import override_problem
+
+    problem = override_problem(argv)
+    assert problem is not None and "\n" not in problem
+    for word in words:
+        assert word in problem
+
+
 def test_command_line_error_is_one_line_and_exit_2(tiny_shards):
     proc = subprocess.run(
         [sys.executable, "-m", "orchestrator.train", f"data.url={tiny_shards}", "optim.lr=-1"],
@@ -79,6 +96,10 @@ def test_command_line_error_is_one_line_and_exit_2(tiny_shards):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["error: optim.lr=-1.0 must be greater than 0"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "orchestrator.train", "optim.lrr=0.1"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "optim.lrr" in proc.stderr
 
 
 def test_credentials_in_the_config_are_refused(tiny_shards):
