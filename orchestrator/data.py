@@ -284,8 +284,9 @@ class TrainStream(IterableDataset):
                 if len(batch) == self.batch_size:
                     yield batch
                     batch = []
-            if drawn == 0:
-                return
+            if drawn == 0:  # ending early would leave the other ranks waiting in DDP forever
+                names = ", ".join(shard.name for shard in reading.shards) or "none"
+                raise DataError(f"no readable sample in this worker's shards ({names}); rebuild them")
             cycle += 1
 
 

@@ -120,3 +120,17 @@ def test_device_transform_normalises_with_the_manifest_statistics(tiny_shards):
     shift = (lit - x) * std  # PCA lighting: one RGB offset per image, the same at every pixel
     assert torch.allclose(shift, shift[:, :, :1, :1].expand_as(shift), atol=1e-5)
     assert shift.abs().max() > 0
+
+
+def test_a_rank_whose_shards_are_all_gone_fails_instead_of_hanging_ddp(tiny_shards, tmp_path):
+    import shutil
+
+    from orchestrator.data import DataError
+
+    root = tmp_path / "shards"
+    shutil.copytree(tiny_shards, root)
+    manifest = read_manifest(str(root))
+    lonely = stream(manifest, str(root), rank=0, world=4)  # 4 shards, 4 ranks: one shard each
+    (root / lonely.reading.shards[0].name).unlink()
+    with pytest.raises(DataError, match="no readable sample"):
+        list(lonely.batches(0, False))
