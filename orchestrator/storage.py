@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -153,8 +152,3 @@ def list_dirs(url: str, options: dict[str, Any] | None = None) -> list[str]:
         return sorted(p["name"].rsplit("/", 1)[-1] for p in fs.ls(path, detail=True) if p["type"] == "directory")
     except FileNotFoundError:
         return []
-
-
-def read_json(url: str, options: dict[str, Any] | None = None) -> Any:
-    text = read_text(url, options)
-    return None if text is None else json.loads(text)
