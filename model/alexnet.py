@@ -213,11 +213,12 @@ class AlexNet(nn.Module):
         a, b = self._cross(a, b)  # into C3
         a = self.pool(F.relu(ta.conv5(F.relu(ta.conv4(F.relu(ta.conv3(a)))))))
         b = self.pool(F.relu(tb.conv5(F.relu(tb.conv4(F.relu(tb.conv3(b)))))))
-        # Dropout acts on each neuron once, in its own tower, before the crossing.
-        a, b = self._cross(self.dropout(a.flatten(1)), self.dropout(b.flatten(1)))  # into F6
-        a, b = F.relu(ta.fc6(a)), F.relu(tb.fc6(b))
-        a, b = self._cross(self.dropout(a), self.dropout(b))  # into F7
-        a, b = F.relu(ta.fc7(a)), F.relu(tb.fc7(b))
+        a, b = self._cross(a.flatten(1), b.flatten(1))  # into F6
+        # Dropout on the outputs of F6 and F7 (the paper's placement, Caffe's drop6/drop7): each
+        # tower drops its own neurons once, before the crossing, so both towers see one mask.
+        a, b = self.dropout(F.relu(ta.fc6(a))), self.dropout(F.relu(tb.fc6(b)))
+        a, b = self._cross(a, b)  # into F7
+        a, b = self.dropout(F.relu(ta.fc7(a))), self.dropout(F.relu(tb.fc7(b)))
         a, b = self._cross(a, b)  # into F8
         return torch.cat([ta.fc8(a), tb.fc8(b).to(self.placement.tower_a)], 1)
 
@@ -240,6 +241,6 @@ class AlexNet(nn.Module):
         x = self.pool(self.lrn(self._conv("conv2", x, groups=2), groups=2))
         x = self._conv("conv3", x, groups=1)  # reads both towers
         x = self.pool(self._conv("conv5", self._conv("conv4", x, groups=2), groups=2))
-        x = F.relu(self._fc("fc6", self.dropout(x.flatten(1))))
-        x = F.relu(self._fc("fc7", self.dropout(x)))
+        x = self.dropout(F.relu(self._fc("fc6", x.flatten(1))))
+        x = self.dropout(F.relu(self._fc("fc7", x)))
         return self._fc("fc8", x)

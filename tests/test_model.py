@@ -259,3 +259,33 @@ def test_gpu_split_path_equals_cpu():
         fused = model.place("cuda:0")(x)
     torch.testing.assert_close(got.cpu(), expected, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(fused.cpu(), expected, rtol=1e-4, atol=1e-5)
+
+
+def _fc_inputs(model: AlexNet, train: bool) -> dict[str, torch.Tensor]:
+    """The input each of tower A's fully-connected layers receives, in train or eval mode."""
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [
+        getattr(model.tower_a, name).register_forward_pre_hook(lambda m, i, name=name: seen.setdefault(name, i[0]))
+        for name in ("fc6", "fc7", "fc8")
+    ]
+    model.train(train)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        model(torch.randn(4, 3, 67, 67, generator=torch.Generator().manual_seed(0)))
+    for hook in hooks:
+        hook.remove()
+    return seen
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_dropout_drops_the_outputs_of_f6_and_f7_as_in_the_paper(fused):
+    """Paper 4.2 and Caffe's drop6/drop7: F6's input (pool5) is never dropped; the neurons of
+    F6 and F7 are, so the inputs of F7 and F8 differ between train and eval mode."""
+    model = mini(dropout=0.5).place("cpu", "cpu", fused=fused)
+    train, evaluation = _fc_inputs(model, True), _fc_inputs(model, False)
+    torch.testing.assert_close(train["fc6"], evaluation["fc6"])
+    for name in ("fc7", "fc8"):
+        dropped = (train[name] == 0) & (evaluation[name] != 0)
+        assert dropped.float().mean() > 0.3, f"the input of {name} is not dropped in train mode"
+    kept = train["fc7"] != 0  # F7 reads F6's neurons: the survivors are scaled by 1 / (1 - p)
+    torch.testing.assert_close(train["fc7"][kept], 2 * evaluation["fc7"][kept])
