@@ -152,7 +152,7 @@ def bench_loader(workers: int, images: int = 1500) -> dict[str, float]:
 
         def ours() -> int:
             stream = TrainStream(manifest, shards, {}, seed=0, epoch=0, rank=0, world=1, batch_size=BATCH,
-                                 augment=Augment("paper", 224, 256, train=True), shuffle_buffer=1000)  # fmt: skip
+                                 augment=Augment("paper", 224, 256), shuffle_buffer=1000)  # fmt: skip
             return sum(len(labels) for _, labels, _ in stream.batches(workers, False))
 
         def imagefolder() -> int:
@@ -220,7 +220,7 @@ def plain_loop(shards: str, epochs: int) -> float:
     model = AlexNet(len(manifest.classes), width=0.25, input_size=112, init="kaiming")
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     transform = DeviceTransform(manifest, torch.device("cpu"), 0.1, channels_last=False)
-    augment = Augment("paper", 112, manifest.settings["resize"], train=True)
+    augment = Augment("paper", 112, manifest.settings["resize"])
     rates = []  # per window of 5 steps, as the training loop logs them
     for epoch in range(epochs):
         stream = TrainStream(manifest, shards, {}, seed=0, epoch=epoch, rank=0, world=1, batch_size=64,

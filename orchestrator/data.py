@@ -37,48 +37,72 @@ def stable_seed(*parts: object) -> int:
 
 
 @dataclass(frozen=True)
-class Reading:
-    """What one reader takes: these shards, and of their samples every `stride`-th from `offset`."""
+class Span:
+    """Samples [start, stop) of one shard, in the order the shard holds them."""
 
-    shards: tuple[ShardInfo, ...]
-    offset: int = 0
-    stride: int = 1
+    shard: ShardInfo
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What one reader takes: consecutive spans of shards."""
+
+    spans: tuple[Span, ...]
+
+    @classmethod
+    def whole(cls, shards: list[ShardInfo]) -> Reading:
+        return cls(tuple(Span(s, 0, s.samples) for s in shards))
 
     @property
     def samples(self) -> int:
-        return sum(len(range(self.offset, s.samples, self.stride)) for s in self.shards)
+        return sum(span.stop - span.start for span in self.spans)
+
+    @property
+    def shards(self) -> tuple[ShardInfo, ...]:
+        return tuple(span.shard for span in self.spans)
+
+    def take(self, start: int, stop: int) -> Reading:
+        """Samples [start, stop) of this reading, counted across its spans."""
+        spans, pos = [], 0
+        for span in self.spans:
+            size = span.stop - span.start
+            low, high = max(start, pos), min(stop, pos + size)
+            if low < high:
+                spans.append(Span(span.shard, span.start + low - pos, span.start + high - pos))
+            pos += size
+        return Reading(tuple(spans))
 
     def split(self, parts: int) -> list[Reading]:
-        """Divide among `parts` readers: by shard when there are enough, else by sample."""
-        if len(self.shards) >= parts:
-            return [replace(self, shards=self.shards[i::parts]) for i in range(parts)]
-        return [replace(self, offset=self.offset + self.stride * i, stride=self.stride * parts) for i in range(parts)]
+        """`parts` consecutive readings whose sizes differ by at most one sample."""
+        n = self.samples
+        return [self.take(n * i // parts, n * (i + 1) // parts) for i in range(parts)]
 
 
 def deal(shards: list[ShardInfo], world: int, rng: random.Random | None) -> list[Reading]:
-    """One Reading per rank. With a rng (training) the shards are shuffled, then dealt largest
-    first to the rank with the fewest samples so far, which keeps ranks within a shard."""
+    """One Reading per rank, equal to within one sample. With a rng (training) the shard order
+    is shuffled first, so each epoch cuts the sample sequence at other places. A rank's share
+    starts or ends inside a shard at most once each: a shard is read by at most two ranks."""
     order = list(shards)
     if rng is not None:
         rng.shuffle(order)
-    if len(order) < world:
-        return Reading(tuple(order)).split(world)
-    bins: list[list[ShardInfo]] = [[] for _ in range(world)]
-    loads = [0] * world
-    for shard in sorted(order, key=lambda s: -s.samples) if rng is not None else order:
-        r = loads.index(min(loads))
-        bins[r].append(shard)
-        loads[r] += shard.samples
-    if rng is not None:
-        for b in bins:
-            rng.shuffle(b)
-    return [Reading(tuple(b)) for b in bins]
+    return Reading.whole(order).split(world)
 
 
-def steps_per_epoch(shards: list[ShardInfo], world: int, batch_size: int, seed: int, epoch: int) -> int:
-    """Batches every rank runs this epoch: what the smallest rank's share holds in full batches."""
-    readings = deal(shards, world, random.Random(stable_seed(seed, epoch)))
-    return min(r.samples for r in readings) // batch_size
+def steps_per_epoch(shards: list[ShardInfo], world: int, batch_size: int) -> int:
+    """Batches every rank runs in an epoch: the smallest rank's share in full batches. What is
+    left out is under world x batch_size samples, and different ones every epoch."""
+    return sum(s.samples for s in shards) // world // batch_size
+
+
+def worker_share(reading: Reading, steps: int, batch_size: int, worker: int, workers: int) -> Reading:
+    """Loader process `worker` of `workers` makes batches worker, worker + workers, ... (the
+    DataLoader takes them in turn); it reads exactly those batches' samples, consecutive in the
+    rank's reading, so no sample is drawn twice and none is left to a process that runs dry."""
+    before = sum(len(range(w, steps, workers)) for w in range(worker))
+    mine = len(range(worker, steps, workers))
+    return reading.take(before * batch_size, (before + mine) * batch_size)
 
 
 class Skips:
@@ -103,43 +127,33 @@ def load_manifest(root: str, storage_options: dict[str, Any]) -> Manifest:
 
 
 def samples(reading: Reading, root: str, storage_options: dict[str, Any], skips: Skips) -> Iterator[dict[str, Any]]:
-    """Raw (undecoded) samples of a Reading. A shard that is missing, truncated or holds a
-    non-JPEG is read as far as it goes: what it lacks against the manifest is counted in
-    `skips` with a warning naming the shard, and the stream goes on."""
-    expected = {}
-
-    def streams():
-        for shard in reading.shards:
-            url = storage.shard_url(root, shard.name)
-            expected[url] = len(range(reading.offset, shard.samples, reading.stride))
-            try:
-                stream = storage.open_url(url, storage_options)
-            except OSError as err:
-                skips.add(expected.pop(url), url, f"cannot open it ({type(err).__name__})")
-                continue
-            with stream:
-                yield {"url": url, "stream": stream}
-
-    def broken(err: Exception) -> bool:
-        return True  # a truncated or corrupt tar: the shortfall is counted when the shard ends
-
-    url, index, taken = None, 0, 0
-    for sample in group_by_keys(tar_file_expander(streams(), handler=broken), handler=broken):
-        if sample["__url__"] != url:
-            if url is not None:
-                skips.add(expected.pop(url) - taken, url, "the shard ends early (truncated?)")
-            url, index, taken = sample["__url__"], 0, 0
-        if index % reading.stride == reading.offset:
-            taken += 1
-            if sample.get("jpg", b"")[:2] != b"\xff\xd8" or "cls" not in sample:
-                skips.add(1, url, f"sample {sample.get('__key__')} has no JPEG image or label")
-            else:
-                yield sample
-        index += 1
-    if url is not None:
-        skips.add(expected.pop(url) - taken, url, "the shard ends early (truncated?)")
-    for lost_url, n in expected.items():  # shards that opened but yielded nothing at all
-        skips.add(n, lost_url, "no readable samples")
+    """Raw (undecoded) samples of a Reading, one shard span at a time; reading a shard stops at
+    its span's end. A shard that is missing, truncated or holds a non-JPEG is read as far as it
+    goes: what it lacks is counted in `skips` with a warning naming the shard, and the stream
+    goes on."""
+    for span in reading.spans:
+        url = storage.shard_url(root, span.shard.name)
+        try:
+            stream = storage.open_url(url, storage_options)
+        except OSError as err:
+            skips.add(span.stop - span.start, url, f"cannot open it ({type(err).__name__})")
+            continue
+        taken = 0
+        with stream:
+            # A truncated or corrupt tar ends the shard; the shortfall is counted below.
+            members = tar_file_expander([{"url": url, "stream": stream}], handler=wds.ignore_and_continue)
+            for index, sample in enumerate(group_by_keys(members, handler=wds.ignore_and_continue)):
+                if index >= span.stop:
+                    break
+                if index < span.start:
+                    continue
+                taken += 1
+                if sample.get("jpg", b"")[:2] != b"\xff\xd8" or "cls" not in sample:
+                    skips.add(1, url, f"sample {sample.get('__key__')} has no JPEG image or label")
+                else:
+                    yield sample
+        lost = span.stop - span.start - taken
+        skips.add(lost, url, "the shard ends early (truncated?)" if taken else "no readable samples")
 
 
 def decode_rgb(jpg: bytes) -> np.ndarray:
@@ -152,6 +166,14 @@ def decode_rgb(jpg: bytes) -> np.ndarray:
             return np.asarray(img.convert("RGB"))
 
 
+def fits(image: np.ndarray, size: int) -> tuple[int, int]:
+    """The image's height and width, once it is known to hold a `size` crop."""
+    h, w, _ = image.shape
+    if h < size or w < size:
+        raise ValueError(f"image is {w}x{h}, smaller than the {size} crop")
+    return h, w
+
+
 def _offset(room: int) -> int:
     return int(torch.randint(0, room + 1, ()).item()) if room > 0 else 0
 
@@ -160,29 +182,45 @@ class Augment:
     """Host side, on uint8 HWC arrays: the crop and flip. Float conversion happens on the device.
 
     paper: the centre square of the (short side = `short_side`) image, a random `size` crop of it
-    and a random flip; eval: the centre `size` crop. Both are array slices of the decoded image
-    (no resampling, no copy until the batch is stacked). inception: torchvision's
+    and a random flip, as array slices of the decoded image (no resampling, no copy until the
+    batch is stacked). inception: torchvision's
     RandomResizedCrop and flip. Random numbers come from torch's generator, seeded per batch."""
 
-    def __init__(self, kind: str, size: int, short_side: int, train: bool) -> None:
-        self.kind, self.size, self.short_side, self.train = kind, size, short_side, train
+    def __init__(self, kind: str, size: int, short_side: int) -> None:
+        self.kind, self.size, self.short_side = kind, size, short_side
         self.inception = v2.Compose([v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()])
 
     def __call__(self, jpg: bytes) -> np.ndarray:
         image = decode_rgb(jpg)
-        if self.train and self.kind == "inception":
+        if self.kind == "inception":
             return np.asarray(self.inception(Image.fromarray(image)))
-        h, w, _ = image.shape
-        if h < self.size or w < self.size:
-            raise ValueError(f"image is {w}x{h}, smaller than the {self.size} crop")
-        if not self.train:
-            top, left = (h - self.size) // 2, (w - self.size) // 2
-            return image[top : top + self.size, left : left + self.size]
+        h, w = fits(image, self.size)
         square = min(self.short_side, h, w)
         top = (h - square) // 2 + _offset(square - self.size)
         left = (w - square) // 2 + _offset(square - self.size)
         crop = image[top : top + self.size, left : left + self.size]
         return crop[:, ::-1] if torch.rand(()) < 0.5 else crop
+
+
+class EvalCrop:
+    """Test-time views of one image. Centre: the centre `size` crop. Ten (paper 4.1): the four
+    corner and the centre `size` patches of the central `short_side` square, and their
+    reflections, as (10, size, size, 3); not the corners of the whole non-square image."""
+
+    def __init__(self, size: int, short_side: int, ten: bool) -> None:
+        self.size, self.short_side, self.ten = size, short_side, ten
+
+    def __call__(self, jpg: bytes) -> np.ndarray:
+        image = decode_rgb(jpg)
+        h, w = fits(image, self.size)
+        if not self.ten:  # the centre of the central square is the centre of the image
+            top, left = (h - self.size) // 2, (w - self.size) // 2
+            return image[top : top + self.size, left : left + self.size]
+        side = min(self.short_side, h, w)
+        top, left = (h - side) // 2, (w - side) // 2
+        square = torch.from_numpy(np.ascontiguousarray(image[top : top + side, left : left + side]))
+        crops = v2.functional.ten_crop(square.permute(2, 0, 1), [self.size, self.size])
+        return torch.stack(crops).permute(0, 2, 3, 1).numpy()
 
 
 def decode_batch(
@@ -234,7 +272,7 @@ class TrainStream(IterableDataset):
         self.root, self.storage_options = root, storage_options
         shards = manifest.splits["train"]
         self.reading = deal(shards, world, random.Random(stable_seed(seed, epoch)))[rank]
-        self.steps = steps_per_epoch(shards, world, batch_size, seed, epoch)
+        self.steps = steps_per_epoch(shards, world, batch_size)
         self.key = (seed, epoch, rank)
         self.batch_size, self.augment, self.buffer, self.skip = batch_size, augment, shuffle_buffer, skip
 
@@ -244,8 +282,7 @@ class TrainStream(IterableDataset):
     def __iter__(self) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, int]]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        reading = self.reading.split(workers)[worker]
-        # The DataLoader takes batches from its workers in turn: batch i comes from worker i % n.
+        reading = worker_share(self.reading, self.steps, self.batch_size, worker, workers)
         mine = range(worker, self.steps, workers)
         skips = Skips()
         for index, batch in zip(mine, self._raw_batches(reading, worker, skips), strict=False):
@@ -271,7 +308,8 @@ class TrainStream(IterableDataset):
                 expected += 1
 
     def _raw_batches(self, reading: Reading, worker: int, skips: Skips) -> Iterator[list[dict[str, Any]]]:
-        """Shuffled batches of raw samples, cycling the reading if this worker runs short."""
+        """Shuffled batches of raw samples. The reading holds exactly this worker's batches; only
+        when damaged data leaves it short does it go round again, so DDP still gets every batch."""
         cycle = 0
         batch: list[dict[str, Any]] = []
         while True:
@@ -308,14 +346,8 @@ class EvalStream(IterableDataset):
     ) -> None:
         self.root, self.storage_options = root, storage_options
         self.reading = deal(manifest.splits["val"], world, None)[rank]
-        self.batch_size, self.size, self.ten_crop = batch_size, size, ten_crop
-        self.centre = Augment("paper", size, size, train=False)
-        self.ten = v2.TenCrop(size)
-
-    def _crops(self, jpg: bytes) -> np.ndarray:
-        if not self.ten_crop:
-            return self.centre(jpg)
-        return np.stack([np.asarray(c) for c in self.ten(Image.fromarray(decode_rgb(jpg)))])
+        self.batch_size = batch_size
+        self._crops = EvalCrop(size, manifest.settings.get("resize", size), ten_crop)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         info = get_worker_info()

@@ -143,7 +143,7 @@ def train_loop(config: dict[str, Any]) -> None:
     if config["compile"]:
         net = torch.compile(net)
     optimizer = make_optimizer(model, config["optim"])
-    first_epoch_steps = steps_per_epoch(manifest.splits["train"], world, batch_size, seed, 0)
+    first_epoch_steps = steps_per_epoch(manifest.splits["train"], world, batch_size)
     schedule = Schedule(optimizer, config["schedule"], epochs, first_epoch_steps)
 
     # --- where the run stands: fresh, or the newest checkpoint after a restart or resume
@@ -202,7 +202,7 @@ def train_loop(config: dict[str, Any]) -> None:
 
     transform = DeviceTransform(manifest, dev_a, data_cfg["lighting"], config["channels_last"])
     short_side = manifest.settings.get("resize", config["model"]["input_size"])
-    augment = Augment(data_cfg["augment"], config["model"]["input_size"], short_side, train=True)
+    augment = Augment(data_cfg["augment"], config["model"]["input_size"], short_side)
     pin = dev_a.type == "cuda"
     meter = Meter(dev_a, data_cfg["max_skipped_fraction"])
     first_step = pos.step

@@ -8,7 +8,17 @@ import random
 import pytest
 import torch
 
-from orchestrator.data import Augment, DeviceTransform, EvalStream, Reading, TrainStream, deal
+from orchestrator.data import (
+    Augment,
+    DeviceTransform,
+    EvalCrop,
+    EvalStream,
+    Reading,
+    TrainStream,
+    deal,
+    steps_per_epoch,
+    worker_share,
+)
 from shards.manifest import ShardInfo, read_manifest
 
 
@@ -32,27 +42,71 @@ def stream(manifest, url, **kw) -> TrainStream:
         "world": 1,
         "batch_size": 8,
         "shuffle_buffer": 30,
-        "augment": Augment("paper", 67, 80, train=True),
+        "augment": Augment("paper", 67, 80),
     }
     args.update(kw)
     return TrainStream(manifest, url, {}, **args)
 
 
-@pytest.mark.parametrize("world", [1, 2, 3, 5])
-def test_every_rank_gets_the_same_number_of_batches(world):
+@pytest.mark.parametrize("world", [1, 2, 3, 5, 9])
+def test_every_rank_gets_the_same_number_of_samples_to_within_one(world):
     rng = random.Random(world)
     shards = [ShardInfo(f"s{i}.tar", rng.randint(1, 100), 0, "") for i in range(7)]
     readings = deal(shards, world, random.Random(0))
     assert len(readings) == world
     assert sum(r.samples for r in readings) == sum(s.samples for s in shards)
-    if len(shards) >= world:  # dealt by shard: within one shard of each other
-        assert max(r.samples for r in readings) - min(r.samples for r in readings) <= 100
+    assert max(r.samples for r in readings) - min(r.samples for r in readings) <= 1
 
 
-def test_sample_striding_when_ranks_outnumber_shards():
+def test_a_reading_splits_into_consecutive_spans():
     shards = [ShardInfo("a.tar", 10, 0, ""), ShardInfo("b.tar", 5, 0, "")]
-    parts = Reading(tuple(shards)).split(4)
-    assert [p.samples for p in parts] == [5, 4, 3, 3]
+    parts = Reading.whole(shards).split(4)
+    assert [p.samples for p in parts] == [3, 4, 4, 4]
+    assert [(s.shard.name, s.start, s.stop) for s in parts[2].spans] == [("a.tar", 7, 10), ("b.tar", 0, 1)]
+
+
+IMAGENET_TRAIN = 1_281_167
+
+
+def imagenet_shaped_shards(per_shard: int = 1000) -> list[ShardInfo]:
+    """ILSVRC2012's train split as `python -m shards imagenet` writes it: full shards of
+    `per_shard` and a last, partial one."""
+    full, rest = divmod(IMAGENET_TRAIN, per_shard)
+    sizes = [per_shard] * full + ([rest] if rest else [])
+    return [ShardInfo(f"train-{i:06d}.tar", n, 0, "") for i, n in enumerate(sizes)]
+
+
+def test_an_epoch_draws_every_sample_at_most_once_at_any_scale():
+    """World sizes 1-64, loader processes 1-8, batch 128, ImageNet's real train split: no
+    sample is read by two processes, every process reads exactly its batches' samples, and at
+    most world x workers x batch samples are left out of the epoch."""
+    shards, batch = imagenet_shaped_shards(), 128
+    for world in range(1, 65):
+        readings = deal(shards, world, random.Random(world))
+        steps = steps_per_epoch(shards, world, batch)
+        for workers in range(1, 9):
+            spans: dict[str, list[tuple[int, int]]] = {}
+            for reading in readings:
+                for worker in range(workers):
+                    share = worker_share(reading, steps, batch, worker, workers)
+                    assert share.samples == len(range(worker, steps, workers)) * batch
+                    for span in share.spans:
+                        spans.setdefault(span.shard.name, []).append((span.start, span.stop))
+            drawn = 0
+            for name, ranges in spans.items():
+                ranges.sort()
+                for (_, stop), (start, _) in zip(ranges, ranges[1:]):
+                    assert stop <= start, f"world {world}, {workers} workers: {name} is read twice"
+                drawn += sum(stop - start for start, stop in ranges)
+            assert IMAGENET_TRAIN - drawn <= world * workers * batch, (world, workers)
+
+
+@pytest.mark.parametrize(("world", "workers"), [(3, 2), (2, 3)])
+def test_a_real_epoch_reads_no_sample_twice(tiny_shards, world, workers):
+    manifest = read_manifest(tiny_shards)
+    keys = [k for rank in range(world) for b in keys_of(stream(manifest, tiny_shards, rank=rank, world=world), workers) for k in b]
+    assert len(keys) == len(set(keys))
+    assert manifest.samples("train") - len(keys) <= world * workers * 8
 
 
 def test_uneven_ranks_all_yield_the_same_batch_count(tiny_shards):
@@ -106,6 +160,28 @@ def test_ten_crop_gives_ten_views(tiny_shards):
     images, _ = next(iter(EvalStream(manifest, tiny_shards, {}, rank=0, world=1, batch_size=4, size=67, ten_crop=True)))
     assert images.shape == (4, 10, 67, 67, 3)
     assert torch.equal(images[:, 5], images[:, 1].flip(2))  # mirrored image: its top-left is the top-right
+
+
+def test_ten_crop_takes_its_patches_from_the_central_square():
+    """A 96x160 image (short side 96) whose margins outside the central 96x96 square are red:
+    none of the ten 64-px patches may reach into them, and the corners are the square's."""
+    import io
+
+    from PIL import Image
+
+    image = torch.zeros(96, 160, 3, dtype=torch.uint8)
+    image[:, :32] = image[:, 128:] = torch.tensor([255, 0, 0], dtype=torch.uint8)  # the margins
+    image[:, 32:128] = (torch.arange(96, dtype=torch.uint8) * 2 + 40)[None, :, None]  # a grey ramp, left to right
+    buffer = io.BytesIO()
+    Image.fromarray(image.numpy()).save(buffer, format="JPEG", quality=95)
+    crops = torch.from_numpy(EvalCrop(64, 96, ten=True)(buffer.getvalue())).float()
+    assert crops.shape == (10, 64, 64, 3)
+    redness = (crops[..., 0] - crops[..., 1]).mean(dim=(1, 2))
+    assert redness.max() < 10, "a patch reaches outside the central square"
+    grey = crops[:, 32, :, 1]  # one row of each patch: the ramp says where it was cut
+    assert grey[0, 0] < 50 and grey[1, -1] > 210  # top-left starts at the square's left edge; top-right ends at its right
+    # the reflections: the mirrored square's top-left patch is the top-right one, mirrored
+    torch.testing.assert_close(crops[5:], crops[[1, 0, 3, 2, 4]].flip(2))
 
 
 def test_device_transform_normalises_with_the_manifest_statistics(tiny_shards):

@@ -47,7 +47,7 @@ def test_corrupt_shards_are_skipped_counted_and_named(tiny_shards, tmp_path, cap
     root, damage = damaged_copy(tiny_shards, tmp_path)
     manifest = load_manifest(root, {})
     skips = Skips()
-    got = list(samples(Reading(tuple(manifest.splits["train"])), root, {}, skips))
+    got = list(samples(Reading.whole(manifest.splits["train"]), root, {}, skips))
     total = manifest.samples("train")
     assert len(got) + skips.count == total
     assert skips.count > 1 + 40  # the truncated shard lost some too
