@@ -364,6 +364,10 @@ class EvalStream(IterableDataset):
 
 
 def loader(dataset: IterableDataset, workers: int, pin_memory: bool) -> DataLoader:
+    """Batches are already made and seeded by the dataset. The DataLoader gets a generator of
+    its own: starting its iterator would otherwise draw the loader processes' base seed from
+    the global generator, which dropout and colour noise draw from, so a run resumed from a
+    checkpoint would not repeat the uninterrupted run's random numbers."""
     return DataLoader(
         dataset,
         batch_size=None,
@@ -371,6 +375,7 @@ def loader(dataset: IterableDataset, workers: int, pin_memory: bool) -> DataLoad
         pin_memory=pin_memory,
         persistent_workers=False,
         prefetch_factor=4 if workers else None,
+        generator=torch.Generator(),
     )
 
 

@@ -210,3 +210,14 @@ def test_a_rank_whose_shards_are_all_gone_fails_instead_of_hanging_ddp(tiny_shar
     (root / lonely.reading.shards[0].name).unlink()
     with pytest.raises(DataError, match="no readable sample"):
         list(lonely.batches(0, False))
+
+
+def test_starting_a_loader_leaves_the_global_generator_alone(tiny_shards):
+    """Dropout and colour noise draw from the global generator; a resumed run reseeds it at the
+    checkpoint, so starting the epoch's loader must not consume from it."""
+    manifest = read_manifest(tiny_shards)
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    next(iter(stream(manifest, tiny_shards).batches(2, False)))
+    assert torch.equal(torch.rand(3), expected)
