@@ -10,7 +10,7 @@ LR      ?= 0.02,0.01
 DROPOUT ?= 0.5,0.3
 DEMO_SHARDS := data/shards/demo
 
-.PHONY: install test test-fast lint train sweep shards bench bench-gpu clean
+.PHONY: install test test-fast lint train sweep shards bench bench-gpu gpu-check clean
 
 install: $(STAMP)
 
@@ -44,11 +44,16 @@ sweep: $(STAMP) $(DEMO_SHARDS)/manifest.json
 	$(PY) -m orchestrator.train -m optim.lr=$(LR) model.dropout=$(DROPOUT) cluster.nodes=$(NODES) $(ARGS)
 
 bench: $(STAMP) $(DEMO_SHARDS)/manifest.json
-	$(PY) -m orchestrator.bench
+	$(PY) -m orchestrator.tools.bench
 
 bench-gpu: $(STAMP)
-	$(PY) -m orchestrator.bench --gpu
+	$(PY) -m orchestrator.tools.bench --gpu
+
+# The CUDA/NCCL path, tested and measured on a GPU machine -> gpu-check.json. DRY=1: the same
+# script on the CPU at toy sizes, skipping what needs CUDA (CI runs it through make test).
+gpu-check: $(STAMP)
+	$(PY) -m orchestrator.tools.gpu_check $(if $(DRY),--dry-run)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache outputs multirun bench.json
+	rm -rf $(VENV) .pytest_cache .ruff_cache outputs multirun bench.json bench-gpu.json gpu-check.json
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -4,6 +4,8 @@ Python values, so it loads with torch.load(weights_only=True): no code runs on l
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from typing import Any
 
 import torch
@@ -33,3 +35,12 @@ def load(folder_or_file: str) -> dict[str, Any]:
     if os.path.isdir(path):
         path = os.path.join(path, STATE_FILE)
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def stage() -> str:
+    """A new local folder to write one checkpoint into before it is handed on."""
+    return tempfile.mkdtemp(prefix="alexnet-checkpoint-")
+
+
+def discard(folder: str) -> None:
+    shutil.rmtree(folder, ignore_errors=True)

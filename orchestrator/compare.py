@@ -52,7 +52,11 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def differing_keys(rows: list[Row]) -> list[str]:
-    keys = sorted({k for r in rows for k in r.settings} - set(NOT_SETTINGS))
+    """Settings that differ between runs; `effective.*` (what settings amount to, such as the
+    scaled lr) follows from them and would only repeat a column."""
+    keys = sorted(
+        k for k in {k for r in rows for k in r.settings} - set(NOT_SETTINGS) if not k.startswith("effective.")
+    )
     return [k for k in keys if len({json.dumps(r.settings.get(k), sort_keys=True) for r in rows}) > 1]
 
 

@@ -1,10 +1,15 @@
-"""The typed schema of conf/train.yaml. Hydra composes YAML onto these dataclasses (so a wrong
-type or an unknown key fails at composition); `validate` checks values before Ray starts."""
+"""The typed schema of conf/train.yaml. Hydra composes YAML onto these dataclasses (a wrong type
+fails at composition); `validate` turns the composed config into them (`OmegaConf.to_object`),
+which runs each one's `__post_init__`: every rule sits beside the field it checks, and every
+broken rule is one ConfigError sentence naming the key and the fix. Workers receive the
+dataclasses, so a typo'd key is an AttributeError here, not a KeyError on a remote worker."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,10 +20,63 @@ from model import pooled_size
 
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.,=+-]*")
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GOYAL_WARMUP_EPOCHS = 5.0  # "Accurate, Large Minibatch SGD" (2017): gradual warm-up with scaled lrs
+SECRET_WORDS = ("key", "secret", "token", "password", "credential")
 
 
 class ConfigError(ValueError):
     """A bad configuration value: one sentence naming the key and what to do."""
+
+
+def one_of(key: str, value: str, options: tuple[str, ...]) -> None:
+    if value not in options:
+        raise ConfigError(f"{key}={value!r} is not one of {', '.join(options)}; pick one of those")
+
+
+def at_least(key: str, value: float, low: float) -> None:
+    if value < low:
+        raise ConfigError(f"{key}={value} must be at least {low}")
+
+
+def positive(key: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"{key}={value} must be greater than 0")
+
+
+def within(key: str, value: float, low: float, high: float, *, high_included: bool = True) -> None:
+    if not (low <= value <= high if high_included else low <= value < high):
+        raise ConfigError(f"{key}={value} must be in [{low:g}, {high:g}{']' if high_included else ')'}")
+
+
+def secret_keys(options: dict[str, Any], prefix: str = "") -> list[str]:
+    """Option names that hold credentials, at any depth (client_kwargs.aws_secret_access_key)."""
+    found = []
+    for name, value in options.items():
+        if isinstance(value, dict):
+            found += secret_keys(value, f"{prefix}{name}.")
+        elif any(word in name.lower() for word in SECRET_WORDS):
+            found.append(prefix + name)
+    return found
+
+
+def no_secrets(key: str, options: dict[str, Any]) -> None:
+    secret = secret_keys(options)
+    if secret:
+        raise ConfigError(
+            f"{key} holds a credential ({secret[0]}); put credentials in the environment "
+            "(AWS_ACCESS_KEY_ID, ...) or a profile, never in the config"
+        )
+
+
+def is_local_path(url: str) -> bool:
+    return "://" not in url or url.startswith("file://")
+
+
+def absolute(url: str) -> str:
+    """Ray workers run in another directory: local paths become absolute before they travel."""
+    if url.startswith("file://"):
+        return "file://" + os.path.abspath(url.removeprefix("file://"))
+    return url if "://" in url else os.path.abspath(url)
 
 
 @dataclass
@@ -30,25 +88,69 @@ class ModelConfig:
     init: str = "paper"  # paper | kaiming
     placement: str = "auto"  # auto | split | single
 
+    def __post_init__(self) -> None:
+        one_of("model.placement", self.placement, ("auto", "split", "single"))
+        one_of("model.init", self.init, ("paper", "kaiming"))
+        positive("model.width", self.width)
+        within("model.dropout", self.dropout, 0.0, 1.0, high_included=False)
+        if pooled_size(self.input_size) < 1:
+            raise ConfigError(f"model.input_size={self.input_size} is too small for AlexNet; use at least 63")
+
 
 @dataclass
 class DataConfig:
     url: str = MISSING  # shards root holding manifest.json
     workers: int = 2  # loader processes per Ray worker
     augment: str = "paper"  # paper | inception
+    # paper: raw 0-255 pixels minus the training set's mean (section 2), what the N(0, 0.01)
+    # init assumes; standard: [0, 1] pixels minus the mean, divided by the std (torchvision)
+    normalize: str = "paper"
     storage_options: dict[str, Any] = field(default_factory=dict)
     shuffle_buffer: int = 2000
     lighting: float = 0.1  # std of the paper's PCA colour noise; 0 turns it off
     max_skipped_fraction: float = 0.01  # more unreadable samples than this stops the run
     allow_pipe: bool = False  # let data.url be a webdataset pipe: command (runs a shell)
 
+    def __post_init__(self) -> None:
+        one_of("data.augment", self.augment, ("paper", "inception"))
+        one_of("data.normalize", self.normalize, ("paper", "standard"))
+        at_least("data.workers", self.workers, 0)
+        at_least("data.shuffle_buffer", self.shuffle_buffer, 1)
+        at_least("data.lighting", self.lighting, 0)
+        within("data.max_skipped_fraction", self.max_skipped_fraction, 0.0, 1.0)
+        no_secrets("data.storage_options", self.storage_options)
+        if self.url == MISSING:
+            return
+        if not self.url:
+            raise ConfigError("data.url is empty; point it at a shards folder holding manifest.json")
+        if self.url.startswith("pipe:"):
+            if not self.allow_pipe:
+                raise ConfigError(
+                    "data.url is a pipe: command, which would run in a shell; use a path or fsspec URL, "
+                    "or set data.allow_pipe=true if you mean it"
+                )
+        else:
+            self.url = absolute(self.url)
+
 
 @dataclass
 class OptimConfig:
     name: str = "sgd"
-    lr: float = 0.01
+    lr: float = 0.01  # at reference_batch images per step
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    # linear: lr x global batch / reference_batch (Goyal et al. 2017), the paper's 0.01 being
+    # for its batch of 128; none: lr as given, whatever the global batch
+    scale_lr: str = "none"
+    reference_batch: int = 128
+
+    def __post_init__(self) -> None:
+        one_of("optim.name", self.name, ("sgd",))
+        positive("optim.lr", self.lr)
+        within("optim.momentum", self.momentum, 0.0, 1.0, high_included=False)
+        at_least("optim.weight_decay", self.weight_decay, 0)
+        one_of("optim.scale_lr", self.scale_lr, ("none", "linear"))
+        at_least("optim.reference_batch", self.reference_batch, 1)
 
 
 @dataclass
@@ -58,7 +160,18 @@ class ScheduleConfig:
     patience: int = 1  # plateau: epochs without val improvement before dividing
     max_reductions: int = 3  # plateau: the paper divided by 10 three times
     step_epochs: int = 30  # step: every this many epochs
-    warmup_epochs: float = 0.0  # cosine: linear warm-up
+    # every schedule: the lr rises linearly from ~0 over these epochs; unset: Goyal et al.'s 5
+    # when optim.scale_lr raises the lr above optim.lr (several workers), else none
+    warmup_epochs: float | None = None
+
+    def __post_init__(self) -> None:
+        one_of("schedule.name", self.name, ("plateau", "step", "cosine"))
+        positive("schedule.factor", self.factor)
+        at_least("schedule.patience", self.patience, 0)
+        at_least("schedule.max_reductions", self.max_reductions, 0)
+        at_least("schedule.step_epochs", self.step_epochs, 1)
+        if self.warmup_epochs is not None:
+            at_least("schedule.warmup_epochs", self.warmup_epochs, 0)
 
 
 @dataclass
@@ -70,11 +183,22 @@ class ClusterConfig:
     max_failures: int = 3
     placement_timeout_s: float = 120.0
 
+    def __post_init__(self) -> None:
+        at_least("cluster.nodes", self.nodes, 1)
+        at_least("cluster.gpus_per_worker", self.gpus_per_worker, 0)
+        positive("cluster.cpus_per_worker", self.cpus_per_worker)
+        at_least("cluster.max_failures", self.max_failures, -1)
+        positive("cluster.placement_timeout_s", self.placement_timeout_s)
+
 
 @dataclass
 class StorageConfig:
     url: str = "runs"  # root of all runs: a path, file://, s3://, gs://
     options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        no_secrets("storage.options", self.options)
+        self.url = absolute(self.url)
 
 
 @dataclass
@@ -83,12 +207,24 @@ class LoggerConfig:
     group: str | None = None
     mode: str | None = None  # online | offline | disabled; unset: online iff WANDB_API_KEY is set
     tags: list[str] = field(default_factory=list)
+    # W&B's local files when the run folder is not on local disk (else they sit beside the
+    # run's metrics); relative to where the job was launched
+    dir: str = "wandb-runs"
+
+    def __post_init__(self) -> None:
+        if self.mode is not None:
+            one_of("logger.mode", self.mode, ("online", "offline", "disabled"))
+        self.dir = os.path.abspath(self.dir)
 
 
 @dataclass
 class CheckpointConfig:
     every_steps: int = 500
     keep: int = 2
+
+    def __post_init__(self) -> None:
+        at_least("checkpoint.every_steps", self.every_steps, 1)
+        at_least("checkpoint.keep", self.keep, 1)
 
 
 @dataclass
@@ -99,6 +235,9 @@ class EvalConfig:
 @dataclass
 class SweepConfig:
     parallel: int = 1  # multirun jobs at once; each needs nodes x gpus_per_worker GPUs
+
+    def __post_init__(self) -> None:
+        at_least("sweep.parallel", self.parallel, 1)
 
 
 @dataclass
@@ -124,6 +263,60 @@ class TrainConfig:
     run_name: str | None = None
     resume: bool = False
 
+    def __post_init__(self) -> None:
+        at_least("batch_size", self.batch_size, 1)
+        at_least("epochs", self.epochs, 1)
+        at_least("log_every_steps", self.log_every_steps, 1)
+        one_of("precision", self.precision, ("fp32", "bf16"))
+        if self.run_name is not None and not RUN_NAME.fullmatch(self.run_name):
+            raise ConfigError(f"run_name={self.run_name!r} may hold only letters, digits and - _ . , =")
+        if self.resume and self.run_name is None:
+            raise ConfigError("resume=true needs the run to continue; add run_name=<its name> (see runs/)")
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.cluster.nodes
+
+    @property
+    def lr(self) -> float:
+        """The learning rate training uses: optim.lr, scaled to the global batch if asked."""
+        if self.optim.scale_lr == "linear":
+            return self.optim.lr * self.global_batch / self.optim.reference_batch
+        return self.optim.lr
+
+    @property
+    def warmup_epochs(self) -> float:
+        if self.schedule.warmup_epochs is not None:
+            return self.schedule.warmup_epochs
+        return GOYAL_WARMUP_EPOCHS if self.lr > self.optim.lr else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+HIDDEN = ("options", "storage_options")  # fsspec options may hold keys and tokens
+
+
+def public_config(config: TrainConfig | dict[str, Any]) -> dict[str, Any]:
+    """The config as plain data with every storage option's value hidden: safe for W&B, logs
+    and files."""
+    data = config.to_dict() if isinstance(config, TrainConfig) else config
+    if isinstance(config, TrainConfig):  # what the settings amount to, for W&B and compare
+        data["effective"] = {
+            "lr": config.lr,
+            "global_batch": config.global_batch,
+            "warmup_epochs": config.warmup_epochs,
+        }
+    out = {}
+    for key, value in data.items():
+        if key in HIDDEN and isinstance(value, dict):
+            out[key] = dict.fromkeys(value, "<hidden>")
+        elif isinstance(value, dict):
+            out[key] = public_config(value)
+        else:
+            out[key] = value
+    return out
+
 
 def register() -> None:
     """The schema as `train_schema` for conf/train.yaml, and ${repo:path} for paths in this repo."""
@@ -131,105 +324,29 @@ def register() -> None:
     OmegaConf.register_new_resolver("repo", lambda path: os.path.join(REPO_ROOT, path), replace=True)
 
 
-def _choice(key: str, value: str, options: tuple[str, ...]) -> None:
-    if value not in options:
-        raise ConfigError(f"{key}={value!r} is not one of {', '.join(options)}; pick one of those")
-
-
-def _at_least(key: str, value: float, low: float) -> None:
-    if value < low:
-        raise ConfigError(f"{key}={value} must be at least {low}")
-
-
-def _positive(key: str, value: float) -> None:
-    if not value > 0:
-        raise ConfigError(f"{key}={value} must be greater than 0")
-
-
-def is_local_path(url: str) -> bool:
-    return "://" not in url or url.startswith("file://")
-
-
-def absolute(url: str) -> str:
-    """Ray workers run in another directory: local paths become absolute before they travel."""
-    if url.startswith("file://"):
-        return "file://" + os.path.abspath(url.removeprefix("file://"))
-    return url if "://" in url else os.path.abspath(url)
-
-
-SECRET_WORDS = ("key", "secret", "token", "password", "credential")
-
-
-def secret_keys(options: dict[str, Any], prefix: str = "") -> list[str]:
-    """Option names that hold credentials, at any depth (client_kwargs.aws_secret_access_key)."""
+def unknown_keys(cfg: DictConfig, schema: type = TrainConfig, prefix: str = "") -> list[str]:
+    """Keys of a composed config that the schema does not have. Hydra lets `+key=value` add
+    any key, even to a structured config; OmegaConf.to_object would then drop it silently."""
+    hints = typing.get_type_hints(schema)
     found = []
-    for name, value in options.items():
-        if isinstance(value, dict):
-            found += secret_keys(value, f"{prefix}{name}.")
-        elif any(word in name.lower() for word in SECRET_WORDS):
-            found.append(prefix + name)
+    for key in cfg:
+        if key not in hints:
+            found.append(f"{prefix}{key}")
+        elif dataclasses.is_dataclass(hints[key]):
+            found += unknown_keys(cfg[key], hints[key], f"{prefix}{key}.")
     return found
 
 
-def validate(cfg: DictConfig) -> dict[str, Any]:
-    """Check every value a user can get wrong; return the resolved config as a plain dict."""
+def unknown_key_problem(key: str) -> str:
+    return f"{key} is not in the config schema; check the spelling (--cfg job lists every key)"
+
+
+def validate(cfg: DictConfig) -> TrainConfig:
+    """The composed config as checked dataclasses, or one ConfigError sentence."""
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"{missing[0]} is required; set it, e.g. {missing[0]}=s3://bucket/imagenet")
-    c = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    m, d, o, s, cl = c["model"], c["data"], c["optim"], c["schedule"], c["cluster"]
-    _choice("model.placement", m["placement"], ("auto", "split", "single"))
-    _choice("model.init", m["init"], ("paper", "kaiming"))
-    _positive("model.width", m["width"])
-    if not 0.0 <= m["dropout"] < 1.0:
-        raise ConfigError(f"model.dropout={m['dropout']} must be in [0, 1)")
-    if pooled_size(m["input_size"]) < 1:
-        raise ConfigError(f"model.input_size={m['input_size']} is too small for AlexNet; use at least 63")
-    _choice("data.augment", d["augment"], ("paper", "inception"))
-    _at_least("data.workers", d["workers"], 0)
-    _at_least("data.shuffle_buffer", d["shuffle_buffer"], 1)
-    _at_least("data.lighting", d["lighting"], 0)
-    if not d["url"]:
-        raise ConfigError("data.url is empty; point it at a shards folder holding manifest.json")
-    if d["url"].startswith("pipe:") and not d["allow_pipe"]:
-        raise ConfigError(
-            "data.url is a pipe: command, which would run in a shell; use a path or fsspec URL, "
-            "or set data.allow_pipe=true if you mean it"
-        )
-    if not 0.0 <= d["max_skipped_fraction"] <= 1.0:
-        raise ConfigError(f"data.max_skipped_fraction={d['max_skipped_fraction']} must be in [0, 1]")
-    for key in ("data.storage_options", "storage.options"):
-        group, name = key.split(".")
-        secret = secret_keys(c[group][name])
-        if secret:
-            raise ConfigError(
-                f"{key} holds a credential ({secret[0]}); put credentials in the environment "
-                "(AWS_ACCESS_KEY_ID, ...) or a profile, never in the config"
-            )
-    _choice("optim.name", o["name"], ("sgd",))
-    _positive("optim.lr", o["lr"])
-    if not 0.0 <= o["momentum"] < 1.0:
-        raise ConfigError(f"optim.momentum={o['momentum']} must be in [0, 1)")
-    _at_least("optim.weight_decay", o["weight_decay"], 0)
-    _choice("schedule.name", s["name"], ("plateau", "step", "cosine"))
-    _positive("schedule.factor", s["factor"])
-    _at_least("schedule.step_epochs", s["step_epochs"], 1)
-    _at_least("cluster.nodes", cl["nodes"], 1)
-    _at_least("cluster.gpus_per_worker", cl["gpus_per_worker"], 0)
-    _positive("cluster.cpus_per_worker", cl["cpus_per_worker"])
-    _at_least("cluster.max_failures", cl["max_failures"], -1)
-    _positive("cluster.placement_timeout_s", cl["placement_timeout_s"])
-    if c["logger"]["mode"] is not None:
-        _choice("logger.mode", c["logger"]["mode"], ("online", "offline", "disabled"))
-    _at_least("checkpoint.every_steps", c["checkpoint"]["every_steps"], 1)
-    _at_least("checkpoint.keep", c["checkpoint"]["keep"], 1)
-    _at_least("sweep.parallel", c["sweep"]["parallel"], 1)
-    _at_least("batch_size", c["batch_size"], 1)
-    _at_least("epochs", c["epochs"], 1)
-    _at_least("log_every_steps", c["log_every_steps"], 1)
-    _choice("precision", c["precision"], ("fp32", "bf16"))
-    if c["run_name"] is not None and not RUN_NAME.fullmatch(c["run_name"]):
-        raise ConfigError(f"run_name={c['run_name']!r} may hold only letters, digits and - _ . , =")
-    d["url"] = d["url"] if d["url"].startswith("pipe:") else absolute(d["url"])
-    c["storage"]["url"] = absolute(c["storage"]["url"])
-    return c
+    unknown = unknown_keys(cfg)
+    if unknown:
+        raise ConfigError(unknown_key_problem(unknown[0]))
+    return OmegaConf.to_object(cfg)

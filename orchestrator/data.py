@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import random
-import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,7 +28,10 @@ from torchvision.transforms import v2
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from orchestrator import storage
+from orchestrator.config import ConfigError
 from shards.manifest import MANIFEST_NAME, Manifest, ShardInfo
+
+log = logging.getLogger(__name__)
 
 
 def stable_seed(*parts: object) -> int:
@@ -114,7 +117,7 @@ class Skips:
     def add(self, n: int, where: str, why: str) -> None:
         if n > 0:
             self.count += n
-            print(f"warning: skipped {n} sample(s) of {where}: {why}", file=sys.stderr, flush=True)
+            log.warning("skipped %d sample(s) of %s: %s", n, where, why)
 
     def take(self) -> int:
         n, self.count = self.count, 0
@@ -122,8 +125,15 @@ class Skips:
 
 
 def load_manifest(root: str, storage_options: dict[str, Any]) -> Manifest:
-    with storage.open_url(storage.shard_url(root, MANIFEST_NAME), storage_options) as f:
-        return Manifest.from_json(f.read().decode())
+    """The shards' manifest.json; a missing one is a ConfigError saying how to make shards."""
+    try:
+        with storage.open_url(storage.shard_url(root, MANIFEST_NAME), storage_options) as f:
+            return Manifest.from_json(f.read().decode())
+    except FileNotFoundError:
+        raise ConfigError(
+            f"data.url={root} holds no manifest.json; build shards there first (make shards, "
+            "or python -m shards imagenet ... --out URL)"
+        ) from None
 
 
 def samples(reading: Reading, root: str, storage_options: dict[str, Any], skips: Skips) -> Iterator[dict[str, Any]]:
@@ -380,21 +390,34 @@ def loader(dataset: IterableDataset, workers: int, pin_memory: bool) -> DataLoad
 
 
 class DeviceTransform:
-    """On the first tower's device: uint8 NHWC -> float NCHW, PCA lighting (train), normalise."""
+    """On the first tower's device: uint8 NHWC -> float NCHW, PCA lighting (train), normalise.
 
-    def __init__(self, manifest: Manifest, device: torch.device, lighting: float, channels_last: bool) -> None:
+    paper (section 2): raw 0-255 pixels minus the training set's mean pixel, no division, the
+    scale the N(0, 0.01) init was made for; the colour noise's eigenvalues are rescaled to the
+    same units (x 255: ImageNet's 0.2175, 0.0188, 0.0045 become ChainerCV's 55.46, 4.794, 1.148).
+    standard (torchvision): [0, 1] pixels, minus the mean, divided by the std."""
+
+    def __init__(
+        self, manifest: Manifest, device: torch.device, lighting: float, channels_last: bool, normalize: str
+    ) -> None:
         stats = manifest.stats
-        self.mean = torch.tensor(stats.mean, device=device).view(1, 3, 1, 1)
-        self.std = torch.tensor(stats.std, device=device).view(1, 3, 1, 1)
-        self.eigval = torch.tensor(stats.eigval, device=device)
+        self.scale = 1.0 if normalize == "paper" else 1 / 255
+        unit = 255.0 * self.scale  # the manifest's statistics are for [0, 1] pixels
+        self.mean = torch.tensor(stats.mean, device=device).view(1, 3, 1, 1) * unit
+        self.std = torch.tensor(stats.std, device=device).view(1, 3, 1, 1) if normalize == "standard" else None
+        self.eigval = torch.tensor(stats.eigval, device=device) * unit
         self.eigvec = torch.tensor(stats.eigvec, device=device)
         self.device, self.lighting, self.channels_last = device, lighting, channels_last
 
     def __call__(self, images: torch.Tensor, train: bool) -> torch.Tensor:
-        x = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
+        x = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
+        if self.scale != 1.0:
+            x = x.mul_(self.scale)
         if train and self.lighting > 0:
             # Paper 4.1: add eigvec @ (alpha * eigval), alpha ~ N(0, 0.1), to every pixel.
             alpha = torch.randn(x.shape[0], 3, device=self.device) * self.lighting
             x = x + (alpha * self.eigval @ self.eigvec.T).view(-1, 3, 1, 1)
-        x = (x - self.mean) / self.std
+        x = x - self.mean
+        if self.std is not None:
+            x = x / self.std
         return x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)

@@ -1,16 +1,119 @@
-"""A run as it lies in storage: <storage.url>/<run_name>/{config.yaml, metrics.jsonl, best/,
-checkpoint_*}. The end-of-run summary and `compare` both read runs through this."""
+"""A run as it lies in storage, and the one place that spells its layout:
+
+    <storage.url>/<run_name>/config.yaml      the resolved config, storage options hidden
+                            metrics.jsonl    one JSON object per line: metrics and events
+                            checkpoint_*/    the kept checkpoints (state.pt)
+                            best/            a copy of the checkpoint with the best val top-1
+
+`RunFolder` writes a run (the driver's config.yaml and end event, rank 0's metrics); `RunRecord`
+reads one back (the end-of-run summary, `compare`)."""
 
 from __future__ import annotations
 
 import json
+import os
 import statistics
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 
 from orchestrator import storage
+
+CONFIG = "config.yaml"
+METRICS = "metrics.jsonl"
+BEST = "best"
+CHECKPOINT_PREFIX = "checkpoint_"
+
+
+class Uploads:
+    """Writes to object storage, done in order on one background thread, so a slow or
+    unreachable bucket (retried for ~90 s) never stalls training."""
+
+    def __init__(self) -> None:
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="uploads")
+        self.pending: list[Future] = []
+
+    def submit(self, work: Callable[[], None]) -> None:
+        self.pending = [f for f in self.pending if not f.done() or f.exception()]
+        self.pending.append(self.pool.submit(work))
+
+    def drain(self) -> None:
+        """Wait for every write; raise the first that failed for good."""
+        for future in self.pending:
+            future.result()
+        self.pending.clear()
+
+
+class RunFolder:
+    """Where one run's files go, and the writers of its config and metrics."""
+
+    def __init__(self, storage_url: str, name: str, options: dict[str, Any] | None = None) -> None:
+        self.name, self.options = name, options or {}
+        self.url = storage.join(storage_url, name)
+        self.uploads = Uploads()
+        self._lines: list[str] | None = None
+        self._lock = threading.Lock()
+        self._dirty = False
+
+    def path(self, *parts: str) -> str:
+        return storage.join(self.url, *parts)
+
+    @property
+    def metrics_url(self) -> str:
+        return self.path(METRICS)
+
+    @property
+    def best_url(self) -> str:
+        return self.path(BEST)
+
+    @property
+    def local(self) -> str | None:
+        """The folder on this machine, when the run is stored on local disk."""
+        return self.url.removeprefix("file://") if storage.is_local(self.url) else None
+
+    def wandb_dir(self, elsewhere: str) -> str:
+        """Beside the metrics when the run is local; else `elsewhere`, to `wandb sync` from."""
+        return self.local or elsewhere
+
+    def exists(self) -> bool:
+        return storage.exists(self.metrics_url, self.options)
+
+    def write_config(self, public: dict[str, Any]) -> None:
+        storage.write_text(self.path(CONFIG), yaml.safe_dump(public, sort_keys=False), self.options)
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Append one line to metrics.jsonl. Object stores cannot append, so there the whole
+        file is rewritten in the background, coalescing the lines that arrived meanwhile."""
+        line = json.dumps({"time": round(time.time(), 3), **record})
+        if self.local is not None:
+            os.makedirs(self.local, exist_ok=True)
+            with open(self.path(METRICS).removeprefix("file://"), "a") as f:
+                f.write(line + "\n")
+            return
+        with self._lock:
+            if self._lines is None:
+                self._lines = (storage.read_text(self.metrics_url, self.options) or "").splitlines()
+            self._lines.append(line)
+            queued, self._dirty = self._dirty, True
+        if not queued:
+            self.uploads.submit(self._flush)
+
+    def event(self, name: str, **fields: Any) -> None:
+        self.write({"event": name, **fields})
+
+    def _flush(self) -> None:
+        with self._lock:
+            text = "\n".join(self._lines or []) + "\n"
+            self._dirty = False
+        storage.write_text(self.metrics_url, text, self.options)
+
+    def drain(self) -> None:
+        self.uploads.drain()
 
 
 @dataclass
@@ -22,8 +125,8 @@ class RunRecord:
 
     @classmethod
     def read(cls, url: str, options: dict[str, Any] | None = None) -> RunRecord:
-        config = yaml.safe_load(storage.read_text(storage.join(url, "config.yaml"), options) or "{}") or {}
-        text = storage.read_text(storage.join(url, "metrics.jsonl"), options) or ""
+        config = yaml.safe_load(storage.read_text(storage.join(url, CONFIG), options) or "{}") or {}
+        text = storage.read_text(storage.join(url, METRICS), options) or ""
         lines = [json.loads(line) for line in text.splitlines() if line.strip()]
         return cls(url.rstrip("/").rsplit("/", 1)[-1], url, config, lines)
 

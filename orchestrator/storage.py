@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-import sys
+import logging
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -13,6 +13,7 @@ import pyarrow
 import pyarrow.fs
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 
 
@@ -27,11 +28,7 @@ def retrying(what: str, action: Callable[[], T], attempts: int = 8, first_wait_s
         except PERMANENT:
             raise
         except Exception as err:
-            print(
-                f"warning: {what} failed ({type(err).__name__}); retry {attempt}/{attempts - 1} in {wait:.0f} s",
-                file=sys.stderr,
-                flush=True,
-            )
+            log.warning("%s failed (%s); retry %d/%d in %.0f s", what, type(err).__name__, attempt, attempts - 1, wait)
             time.sleep(wait)
             wait = min(wait * 2, 30.0)
     return action()  # the last try: its error goes to the caller
@@ -152,3 +149,28 @@ def list_dirs(url: str, options: dict[str, Any] | None = None) -> list[str]:
         return sorted(p["name"].rsplit("/", 1)[-1] for p in fs.ls(path, detail=True) if p["type"] == "directory")
     except FileNotFoundError:
         return []
+
+
+def get_dir(url: str, local: str, options: dict[str, Any] | None = None) -> None:
+    """Download a folder's files from `url` into the local folder, retried through outages."""
+    fs, path = filesystem(url, options)
+    retrying(f"downloading {url}", lambda: fs.get(path.rstrip("/") + "/", local.rstrip("/") + "/", recursive=True))
+
+
+def copy_dir(source: str, target: str, options: dict[str, Any] | None = None) -> None:
+    """Replace the folder `target` by a copy of `source`, inside one storage (a server-side
+    copy on object stores: nothing travels through this machine)."""
+    fs, src = filesystem(source, options)
+    _, dst = filesystem(target, options)
+
+    def copy() -> None:
+        if fs.exists(dst):
+            fs.rm(dst, recursive=True)
+        fs.copy(src.rstrip("/") + "/", dst.rstrip("/") + "/", recursive=True)
+
+    retrying(f"copying {source} to {target}", copy)
+
+
+def remove_dir(url: str, options: dict[str, Any] | None = None) -> None:
+    fs, path = filesystem(url, options)
+    retrying(f"removing {url}", lambda: fs.rm(path, recursive=True))

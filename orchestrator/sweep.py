@@ -8,9 +8,9 @@ pool lives at module level because Hydra gives a task function nowhere else to k
 
 from __future__ import annotations
 
+import logging
 import os
 import re
-import sys
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
@@ -20,6 +20,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+log = logging.getLogger(__name__)
 _pool: ThreadPoolExecutor | None = None
 _jobs: list[Future] = []
 
@@ -41,12 +42,13 @@ def job_name(prefix: str) -> str:
     return f"{prefix}_{hc.job.num}" + (f"_{overrides}" if overrides else "")
 
 
-def name_job(config: dict[str, Any]) -> None:
-    """In a multirun: a unique run_name per job and one W&B group for the whole sweep."""
+def job_names(run_name: str | None, group: str | None) -> tuple[str | None, str | None]:
+    """(run_name, W&B group): in a multirun, a unique run name per job and one group for the
+    whole sweep; elsewhere as given."""
     if not in_multirun():
-        return
-    config["logger"]["group"] = config["logger"]["group"] or sweep_group()
-    config["run_name"] = job_name(config["run_name"] or config["logger"]["group"])
+        return run_name, group
+    group = group or sweep_group()
+    return job_name(run_name or group), group
 
 
 def submit(work: Callable[[], float], parallel: int) -> float | None:
@@ -64,7 +66,7 @@ def _reporting_errors(work: Callable[[], float]) -> float:
     try:
         return work()
     except Exception as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
+        log.error("%s", err)
         raise
 
 
@@ -78,10 +80,7 @@ class WaitForJobs(Callback):
         wait(_jobs)
         failed = sum(1 for job in _jobs if job.exception() is not None)
         if failed:
-            print(
-                f"{failed} of {len(_jobs)} concurrent jobs failed; see their runs in the comparison",
-                flush=True,
-            )
+            log.warning("%d of %d concurrent jobs failed; see their runs in the comparison", failed, len(_jobs))
         _pool.shutdown()
         _pool = None
         _jobs.clear()

@@ -3,7 +3,6 @@ one Ray Train job (DDP across workers, the two-tower AlexNet across each worker'
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -20,60 +19,35 @@ from omegaconf.errors import OmegaConfBaseException
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from orchestrator import storage
-from orchestrator.config import REPO_ROOT, ConfigError, absolute, register, validate
-from orchestrator.data import load_manifest
-from orchestrator.loop import train_loop
-from orchestrator.runs import RunRecord
-from orchestrator.sweep import in_multirun, name_job, submit
-from orchestrator.tracking import public_config
+from orchestrator.config import (
+    REPO_ROOT,
+    ConfigError,
+    TrainConfig,
+    absolute,
+    public_config,
+    register,
+    unknown_key_problem,
+    unknown_keys,
+)
+from orchestrator.job import prepare
+from orchestrator.logs import setup as setup_logging
+from orchestrator.ray_cluster import train_loop
+from orchestrator.runs import RunFolder, RunRecord
+from orchestrator.sweep import in_multirun, job_names, submit
 
 register()
+log = logging.getLogger("orchestrator.train")
 
 SHIP_EXCLUDES = ["data/", "runs/", "outputs/", "multirun/", "wandb/", ".venv/", ".git/", "*.tar"]
 
 
-def prepare(cfg: DictConfig) -> dict[str, Any]:
-    """Everything that can be checked before Ray starts; returns the plain config workers get."""
-    config = validate(cfg)
-    d = config["data"]
-    try:
-        manifest = load_manifest(d["url"], d["storage_options"])
-    except FileNotFoundError:
-        raise ConfigError(
-            f"data.url={d['url']} holds no manifest.json; build shards there first (make shards, "
-            "or python -m shards imagenet ... --out URL)"
-        ) from None
-    if "train" not in manifest.splits or "val" not in manifest.splits:
-        raise ConfigError(f"data.url={d['url']} lacks a train or val split; convert both splits into it")
-    short = manifest.settings.get("resize", 0)
-    if short < config["model"]["input_size"]:
-        raise ConfigError(
-            f"the shards are {short} px but model.input_size={config['model']['input_size']}; "
-            "pick a smaller model.input_size (e.g. model=alexnet_mini) or reshard with a larger --resize"
-        )
-    name_job(config)
-    if config["run_name"] is None:
-        config["run_name"] = f"{config['experiment']}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_url = storage.join(config["storage"]["url"], config["run_name"])
-    options = config["storage"]["options"]
-    if not config["resume"] and storage.exists(storage.join(run_url, "metrics.jsonl"), options):
-        raise ConfigError(
-            f"run {config['run_name']} already exists in {config['storage']['url']}; "
-            "pass resume=true to continue it, or choose another run_name"
-        )
-    local_run = run_url.removeprefix("file://") if storage.is_local(run_url) else None
-    config["logger"]["dir"] = local_run or os.path.abspath("wandb-runs")
-    return config
-
-
-def connect(config: dict[str, Any]) -> None:
+def connect(config: TrainConfig) -> None:
     """Join cluster.address (or RAY_ADDRESS) shipping this repo, or start Ray on this machine."""
     if ray.is_initialized():  # a sweep reuses one Ray for all its jobs
         return
-    address = config["cluster"]["address"]
-    if address:
+    if config.cluster.address:
         ray.init(
-            address=address,
+            address=config.cluster.address,
             runtime_env={"working_dir": REPO_ROOT, "excludes": SHIP_EXCLUDES},
             logging_level=logging.WARNING,
         )
@@ -81,63 +55,72 @@ def connect(config: dict[str, Any]) -> None:
         ray.init(logging_level=logging.WARNING)
 
 
-def scaling(config: dict[str, Any]) -> tuple[ray.train.ScalingConfig, TorchConfig]:
-    cluster = config["cluster"]
-    nodes, gpus = cluster["nodes"], cluster["gpus_per_worker"]
+def scaling(config: TrainConfig) -> tuple[ray.train.ScalingConfig, TorchConfig]:
+    cluster = config.cluster
     total = ray.cluster_resources()
-    use_gpu = gpus > 0 and total.get("GPU", 0) > 0
-    if gpus > 0 and not use_gpu:
-        print("No GPUs in this Ray cluster: training on the CPU (gloo backend).", flush=True)
-    cpus = cluster["cpus_per_worker"]
-    if not cluster["address"]:  # an embedded Ray: fractional CPUs so every worker of every job fits
-        cpus = min(cpus, total.get("CPU", 1) / (nodes * config["sweep"]["parallel"]))
-    resources = {"CPU": cpus, **({"GPU": gpus} if use_gpu else {})}
-    wait_for_resources({k: v * nodes for k, v in resources.items()}, cluster["placement_timeout_s"])
+    use_gpu = cluster.gpus_per_worker > 0 and total.get("GPU", 0) > 0
+    if cluster.gpus_per_worker > 0 and not use_gpu:
+        log.info("No GPUs in this Ray cluster: training on the CPU (gloo backend).")
+    cpus = cluster.cpus_per_worker
+    if not cluster.address:  # an embedded Ray: fractional CPUs so every worker of every job fits
+        cpus = min(cpus, total.get("CPU", 1) / (cluster.nodes * config.sweep.parallel))
+    per_worker = {"CPU": cpus, **({"GPU": cluster.gpus_per_worker} if use_gpu else {})}
+    wait_for_workers(per_worker, cluster.nodes, cluster.placement_timeout_s, autoscaled=bool(cluster.address))
     return (
-        ray.train.ScalingConfig(num_workers=nodes, use_gpu=use_gpu, resources_per_worker=resources),
+        ray.train.ScalingConfig(num_workers=cluster.nodes, use_gpu=use_gpu, resources_per_worker=per_worker),
         TorchConfig(backend="nccl" if use_gpu else "gloo"),
     )
 
 
-def wait_for_resources(need: dict[str, float], timeout_s: float) -> None:
-    """Ray would wait forever for workers that cannot be placed; we wait a bounded time (an
-    autoscaler may be adding nodes), then say what the cluster has."""
-    deadline = time.monotonic() + timeout_s
+def workers_that_fit(nodes: list[dict[str, Any]], per_worker: dict[str, float]) -> int:
+    """How many workers the alive nodes hold, each worker whole on one node: its two GPUs
+    must be on one machine, so eight 1-GPU nodes hold no 2-GPU worker at all."""
+    fit = 0
+    for node in nodes:
+        if node.get("Alive", True):
+            have = node["Resources"]
+            fit += min(math.floor(have.get(k, 0) / v + 1e-9) for k, v in per_worker.items() if v > 0)
+    return fit
+
+
+def wait_for_workers(per_worker: dict[str, float], workers: int, timeout_s: float, autoscaled: bool) -> None:
+    """Ray would wait forever for workers that cannot be placed. On a joined cluster we wait a
+    bounded time (an autoscaler may be adding nodes); an embedded Ray has no autoscaler, so it
+    is decided at once. Then one sentence says what a worker needs and what the nodes have."""
+    deadline = time.monotonic() + (timeout_s if autoscaled else 0)
     while True:
-        have = ray.cluster_resources()
-        short = {k: v for k, v in need.items() if have.get(k, 0) < v}
-        if not short:
+        nodes = ray.nodes()
+        fit = workers_that_fit(nodes, per_worker)
+        if fit >= workers:
             return
-        if time.monotonic() > deadline:
-            wanted = ", ".join(f"{v:g} {k}" for k, v in need.items())
-            has = ", ".join(f"{have.get(k, 0):g} {k}" for k in need)
+        if time.monotonic() >= deadline:
+            need = ", ".join(f"{v:g} {k}" for k, v in per_worker.items())
+            alive = [node["Resources"] for node in nodes if node.get("Alive", True)]
+            have = "; ".join(", ".join(f"{r.get(k, 0):g} {k}" for k in per_worker) for r in alive)
+            waited = f" after {timeout_s:g} s (cluster.placement_timeout_s)" if autoscaled else ""
             raise ConfigError(
-                f"the job needs {wanted} but the Ray cluster has {has} after {timeout_s:g} s "
-                "(cluster.placement_timeout_s); lower cluster.nodes or cluster.gpus_per_worker, or add nodes"
+                f"the job needs {workers} workers of {need} each, every worker on one node, but the Ray "
+                f"cluster's nodes ({have}) hold {fit}{waited}; lower cluster.nodes or cluster.gpus_per_worker, "
+                "or add nodes"
             )
         time.sleep(min(2.0, timeout_s))
 
 
-def launch(config: dict[str, Any]) -> ray.train.Result:
+def launch(config: TrainConfig) -> ray.train.Result:
     scaling_config, torch_config = scaling(config)
-    storage_path, storage_fs = storage.ray_storage(config["storage"]["url"], config["storage"]["options"])
-    run_url = storage.join(config["storage"]["url"], config["run_name"])
-    storage.write_text(
-        storage.join(run_url, "config.yaml"),
-        OmegaConf.to_yaml(public_config(config)),
-        config["storage"]["options"],
-    )
+    storage_path, storage_fs = storage.ray_storage(config.storage.url, config.storage.options)
+    RunFolder(config.storage.url, config.run_name, config.storage.options).write_config(public_config(config))
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=config,
         torch_config=torch_config,
         scaling_config=scaling_config,
         run_config=ray.train.RunConfig(
-            name=config["run_name"],
+            name=config.run_name,
             storage_path=storage_path,
             storage_filesystem=storage_fs,
-            failure_config=ray.train.FailureConfig(max_failures=config["cluster"]["max_failures"]),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config["checkpoint"]["keep"]),
+            failure_config=ray.train.FailureConfig(max_failures=config.cluster.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.checkpoint.keep),
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),  # our own lines say enough
             # Train's print patch tees print() into its logger: every line would show twice.
             worker_runtime_env={"env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
@@ -153,41 +136,34 @@ def root_cause(err: BaseException) -> str:
     return (causes[-1] if causes else lines[0] if lines else type(err).__name__)[:500]
 
 
-def summarize(config: dict[str, Any], result: ray.train.Result | None, error: str | None, seconds: float) -> float:
-    """Print what a user wants at the end: accuracy, speed, and where everything is."""
-    options = config["storage"]["options"]
-    run_url = storage.join(config["storage"]["url"], config["run_name"])
-    record = RunRecord.read(run_url, options)
+def summarize(config: TrainConfig, result: ray.train.Result | None, error: str | None, seconds: float) -> float:
+    """Record how the run ended and say what a user wants: accuracy, speed, where everything is."""
+    folder = RunFolder(config.storage.url, config.run_name, config.storage.options)
     failed = error is not None
-    record_event = {"event": "failed" if failed else "finished", "seconds": round(seconds, 1)}
-    if failed:
-        record_event["error"] = error
-    storage.write_text(
-        storage.join(run_url, "metrics.jsonl"),
-        "".join(json.dumps(line) + "\n" for line in [*record.lines, record_event]),
-        options,
-    )
+    end = {"seconds": round(seconds, 1), **({"error": error} if failed else {})}
+    folder.event("failed" if failed else "finished", **end)
+    folder.drain()
+    record = RunRecord.read(folder.url, folder.options)
     best = record.best() or {}
-    rate = record.images_per_s()
     wandb = record.events("wandb")
     checkpoint = result.checkpoint.path if result is not None and result.checkpoint else None
-    if checkpoint and not storage.is_local(config["storage"]["url"]):
-        checkpoint = config["storage"]["url"].split("://", 1)[0] + "://" + checkpoint
+    if checkpoint and not storage.is_local(config.storage.url):
+        checkpoint = config.storage.url.split("://", 1)[0] + "://" + checkpoint
     lines = [
-        f"run {config['run_name']}: {'FAILED' if failed else 'finished'} in {seconds:,.0f} s "
-        f"({record.epochs_done()} epochs, {config['cluster']['nodes']} workers)",
+        f"run {config.run_name}: {'FAILED' if failed else 'finished'} in {seconds:,.0f} s "
+        f"({record.epochs_done()} epochs, {config.cluster.nodes} workers)",
         f"  val top-1 {best.get('val/top1', 0):.1%}  top-5 {best.get('val/top5', 0):.1%} (best epoch "
-        f"{best.get('epoch', -1) + 1})  train speed {rate or 0:,.0f} images/s",
+        f"{best.get('epoch', -1) + 1})  train speed {record.images_per_s() or 0:,.0f} images/s",
         f"  checkpoint  {checkpoint}",
-        f"  metrics     {storage.join(run_url, 'metrics.jsonl')}",
+        f"  metrics     {folder.metrics_url}",
     ]
     if wandb:
         w = wandb[-1]
         where = w["url"] if w["mode"] == "online" else f"{w['dir']} (offline; upload with: wandb sync {w['dir']})"
         lines.append(f"  W&B         {where}")
-    print("\n".join(lines), flush=True)
+    log.info("\n".join(lines))
     if failed:
-        raise TrainingFailed(f"run {config['run_name']} failed: {record_event['error']}")
+        raise TrainingFailed(f"run {config.run_name} failed: {error}")
     return best.get("val/top1", 0.0)
 
 
@@ -195,7 +171,7 @@ class TrainingFailed(RuntimeError):
     """The Ray Train job ended in an error (after its retries); the run folder says which."""
 
 
-def execute(config: dict[str, Any]) -> float:
+def execute(config: TrainConfig) -> float:
     start = time.perf_counter()
     result, error = None, None
     try:
@@ -208,26 +184,23 @@ def execute(config: dict[str, Any]) -> float:
 
 def run(cfg: DictConfig) -> float | None:
     """One job: its best val top-1, or None when a concurrent sweep job was only queued."""
+    setup_logging()
     config = prepare(cfg)
     connect(config)  # here, not in a sweep's job threads: one Ray for all of them
-    return submit(lambda: execute(config), config["sweep"]["parallel"])
+    return submit(lambda: execute(config), config.sweep.parallel)
 
 
 def record_failure(cfg: DictConfig, error: str) -> None:
     """A sweep job that could not even start still gets a run folder saying why."""
     try:
         config = OmegaConf.to_container(cfg, resolve=True)
-        name_job(config)
-        run_url = storage.join(absolute(config["storage"]["url"]), config["run_name"])
-        options = config["storage"]["options"]
-        storage.write_text(storage.join(run_url, "config.yaml"), OmegaConf.to_yaml(public_config(config)), options)
-        storage.write_text(
-            storage.join(run_url, "metrics.jsonl"),
-            json.dumps({"event": "failed", "error": error}) + "\n",
-            options,
-        )
+        name, _ = job_names(config["run_name"], config["logger"]["group"])
+        folder = RunFolder(absolute(config["storage"]["url"]), name, config["storage"]["options"])
+        folder.write_config(public_config(config))
+        folder.event("failed", error=error)
+        folder.drain()
     except (OmegaConfBaseException, OSError, KeyError, TypeError):
-        print("  (the failure could not be recorded in storage either)", file=sys.stderr)
+        log.error("(the failure could not be recorded in storage either)")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
@@ -236,7 +209,7 @@ def main(cfg: DictConfig) -> float | None:
     try:
         return run(cfg)
     except (ConfigError, TrainingFailed) as err:
-        print(f"error: {err}", file=sys.stderr)
+        log.error("%s", err)
         if in_multirun():
             if isinstance(err, ConfigError):
                 record_failure(cfg, str(err))
@@ -255,25 +228,28 @@ def override_problem(argv: list[str]) -> str | None:
 
     try:
         with initialize_config_dir(config_dir=os.path.join(REPO_ROOT, "conf"), version_base="1.3"):
-            compose("train", overrides=argv)
+            cfg = compose("train", overrides=argv)
     except MissingConfigException as err:
         lines = str(err).splitlines()
         options = [line.strip() for line in lines if line.startswith("\t") and "provider=" not in line]
         return f"{lines[0]}; choose one of: {', '.join(options)}" if options else lines[0]
     except ConfigCompositionException as err:
         cause = str(err.__cause__).splitlines()[0] if err.__cause__ else ""
-        first = str(err).splitlines()[0].rstrip(".")
-        hint = "check the spelling (--cfg job lists every key)" if " not in " in cause else "fix the value"
-        return f"{first}: {cause}; {hint}"
+        unknown = re.match(r"Key '(\w+)' not in '\w+'\s+full_key: ([\w.]+)", str(err.__cause__ or ""))
+        if unknown:
+            return unknown_key_problem(unknown.group(2))
+        return f"{str(err).splitlines()[0].rstrip('.')}: {cause}; fix the value"
     except Exception:  # not ours to judge here: Hydra reports it
         return None
-    return None
+    unknown = unknown_keys(cfg)
+    return unknown_key_problem(unknown[0]) if unknown else None
 
 
 def cli() -> None:
+    setup_logging()
     problem = override_problem(sys.argv[1:])
     if problem:
-        print(f"error: {problem}", file=sys.stderr)
+        log.error("%s", problem)
         sys.exit(2)
     main()
 

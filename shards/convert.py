@@ -90,11 +90,17 @@ def _record_name(shard: str) -> str:
     return f"{PROGRESS_DIR}/{shard}.json"
 
 
+def sha256_of(stream) -> str:
+    digest = hashlib.sha256()
+    for block in iter(lambda: stream.read(1 << 20), b""):
+        digest.update(block)
+    return digest.hexdigest()
+
+
 def write_shard(plan: ShardPlan, dest: Destination, settings: Settings, wnids: list[str]) -> ShardResult:
     """Convert one shard's images and publish it; unreadable images are skipped and listed."""
     skipped = []
     staged = dest.staging_file(plan.name)
-    digest = hashlib.sha256()
     written = 0
     try:
         with open(staged, "wb") as stream:
@@ -124,14 +130,13 @@ def write_shard(plan: ShardPlan, dest: Destination, settings: Settings, wnids: l
                 written += 1
             writer.close()
         with open(staged, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
+            digest = sha256_of(f)
         size = os.path.getsize(staged)
         dest.publish(staged, plan.name)
     finally:
         if os.path.exists(staged):
             os.remove(staged)
-    info = ShardInfo(plan.name, written, size, digest.hexdigest())
+    info = ShardInfo(plan.name, written, size, digest)
     record = {
         "fingerprint": plan.fingerprint(settings),
         "shard": asdict(info),
@@ -150,12 +155,9 @@ def reuse_shard(plan: ShardPlan, dest: Destination, settings: Settings) -> Shard
     info = ShardInfo(**record["shard"])
     if record["fingerprint"] != plan.fingerprint(settings) or dest.size(plan.name) != info.bytes:
         return None
-    digest = hashlib.sha256()
     with dest.open(plan.name) as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    if digest.hexdigest() != info.sha256:
-        return None
+        if sha256_of(f) != info.sha256:
+            return None
     return ShardResult(plan.split, info, [Skipped(**s) for s in record["skipped"]])
 
 

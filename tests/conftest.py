@@ -28,6 +28,9 @@ HOST_ONLY = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL", "AWS_SESS
 @pytest.fixture(scope="session", autouse=True)
 def _test_environment():
     """Tests never reach real clouds: no credentials or endpoints leak in from the machine."""
+    from orchestrator.logs import setup
+
+    setup()  # our warnings reach the (captured) stderr with their prefix, as in a real run
     saved = dict(os.environ)
     for var in HOST_ONLY:
         os.environ.pop(var, None)

@@ -121,7 +121,7 @@ def test_pipe_urls_need_an_explicit_opt_in(tiny_shards):
     cfg = compose("data.allow_pipe=true", "model.input_size=67")
     cfg.data.url = f"pipe:cat {tiny_shards}/{{name}}"
     config = prepare(cfg)  # opted in: the manifest is read through the command
-    assert config["data"]["url"].startswith("pipe:cat ")
+    assert config.data.url.startswith("pipe:cat ")
 
 
 def test_evaluate_names_a_missing_checkpoint(tmp_path, tiny_shards):
@@ -135,3 +135,61 @@ def test_evaluate_names_a_missing_checkpoint(tmp_path, tiny_shards):
         cfg = hydra_compose("evaluate", overrides=[f"checkpoint={tmp_path}", f"data.url={tiny_shards}"])
     with pytest.raises(ConfigError, match="is not a checkpoint"):
         evaluate(cfg)
+
+
+@pytest.mark.parametrize("override", ["+no_such_key=1", "+model.no_such_key=1", "optim.no_such_key=1"])
+def test_unknown_keys_are_refused_with_or_without_plus(tiny_shards, override):
+    from orchestrator.train import override_problem
+
+    key = override.lstrip("+").split("=")[0]
+    problem = override_problem([f"data.url={tiny_shards}", override])
+    assert problem == f"{key} is not in the config schema; check the spelling (--cfg job lists every key)"
+    if override.startswith("+"):  # sweeps compose through Hydra: the same sentence from prepare
+        with pytest.raises(ConfigError, match=rf"^{key} is not in the config schema"):
+            prepare(compose(f"data.url={tiny_shards}", override))
+
+
+def test_resume_needs_the_name_of_the_run(tiny_shards):
+    with pytest.raises(ConfigError, match=r"resume=true needs the run to continue; add run_name="):
+        prepare(compose(f"data.url={tiny_shards}", "resume=true"))
+
+
+def test_the_paper_recipe_scales_the_lr_with_the_global_batch(tiny_shards):
+    one = prepare(compose("experiment=paper", f"data.url={tiny_shards}", "model.input_size=67", "cluster.nodes=1"))
+    assert (one.global_batch, one.lr, one.warmup_epochs) == (128, 0.01, 0.0)  # the paper exactly
+    four = prepare(compose("experiment=paper", f"data.url={tiny_shards}", "model.input_size=67", "cluster.nodes=4"))
+    assert (four.global_batch, four.lr, four.warmup_epochs) == (512, 0.04, 5.0)  # Goyal et al.
+    assert four.data.normalize == "paper"
+    fixed = prepare(compose(f"data.url={tiny_shards}", "model.input_size=67", "cluster.nodes=4", "optim.lr=0.02"))
+    assert (fixed.lr, fixed.warmup_epochs) == (0.02, 0.0)  # scale_lr: none leaves it alone
+    from orchestrator.config import public_config
+
+    assert public_config(four)["effective"] == {"lr": 0.04, "global_batch": 512, "warmup_epochs": 5.0}
+
+
+def test_warm_up_rises_linearly_to_the_lr_then_hands_over():
+    import torch
+
+    from orchestrator.config import ScheduleConfig
+    from orchestrator.schedule import Schedule
+
+    for name in ("plateau", "step", "cosine"):
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.04)
+        schedule = Schedule(optimizer, ScheduleConfig(name=name), epochs=10, steps_per_epoch=4, warmup_epochs=1)
+        lrs = []
+        for _ in range(6):
+            lrs.append(optimizer.param_groups[0]["lr"])
+            schedule.after_step()
+        assert lrs[:4] == pytest.approx([0.01, 0.02, 0.03, 0.04]), name
+        assert lrs[4] == pytest.approx(0.04, rel=0.05), name  # cosine has just begun to decay
+
+
+def test_a_worker_must_fit_on_one_node():
+    from orchestrator.train import workers_that_fit
+
+    one_gpu_nodes = [{"Alive": True, "Resources": {"CPU": 8.0, "GPU": 1.0}} for _ in range(8)]
+    assert workers_that_fit(one_gpu_nodes, {"CPU": 1, "GPU": 2}) == 0  # 8 GPUs in all, yet no 2-GPU worker
+    assert workers_that_fit(one_gpu_nodes, {"CPU": 1, "GPU": 1}) == 8
+    mixed = [{"Alive": True, "Resources": {"CPU": 16.0, "GPU": 4.0}}, {"Alive": False, "Resources": {"GPU": 8.0}}]
+    assert workers_that_fit(mixed, {"CPU": 4, "GPU": 2}) == 2
+    assert workers_that_fit([{"Resources": {"CPU": 2.0}}], {"CPU": 0.5}) == 4

@@ -3,6 +3,7 @@ exact skipping for resume, and val read once across ranks."""
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -95,7 +96,7 @@ def test_an_epoch_draws_every_sample_at_most_once_at_any_scale():
             drawn = 0
             for name, ranges in spans.items():
                 ranges.sort()
-                for (_, stop), (start, _) in zip(ranges, ranges[1:]):
+                for (_, stop), (start, _) in itertools.pairwise(ranges):
                     assert stop <= start, f"world {world}, {workers} workers: {name} is read twice"
                 drawn += sum(stop - start for start, stop in ranges)
             assert IMAGENET_TRAIN - drawn <= world * workers * batch, (world, workers)
@@ -104,7 +105,8 @@ def test_an_epoch_draws_every_sample_at_most_once_at_any_scale():
 @pytest.mark.parametrize(("world", "workers"), [(3, 2), (2, 3)])
 def test_a_real_epoch_reads_no_sample_twice(tiny_shards, world, workers):
     manifest = read_manifest(tiny_shards)
-    keys = [k for rank in range(world) for b in keys_of(stream(manifest, tiny_shards, rank=rank, world=world), workers) for k in b]
+    streams = [stream(manifest, tiny_shards, rank=rank, world=world) for rank in range(world)]
+    keys = [key for s in streams for batch in keys_of(s, workers) for key in batch]
     assert len(keys) == len(set(keys))
     assert manifest.samples("train") - len(keys) <= world * workers * 8
 
@@ -179,7 +181,8 @@ def test_ten_crop_takes_its_patches_from_the_central_square():
     redness = (crops[..., 0] - crops[..., 1]).mean(dim=(1, 2))
     assert redness.max() < 10, "a patch reaches outside the central square"
     grey = crops[:, 32, :, 1]  # one row of each patch: the ramp says where it was cut
-    assert grey[0, 0] < 50 and grey[1, -1] > 210  # top-left starts at the square's left edge; top-right ends at its right
+    # the top-left patch starts at the square's left edge, the top-right one ends at its right edge
+    assert grey[0, 0] < 50 and grey[1, -1] > 210
     # the reflections: the mirrored square's top-left patch is the top-right one, mirrored
     torch.testing.assert_close(crops[5:], crops[[1, 0, 3, 2, 4]].flip(2))
 
@@ -187,12 +190,12 @@ def test_ten_crop_takes_its_patches_from_the_central_square():
 def test_device_transform_normalises_with_the_manifest_statistics(tiny_shards):
     manifest = read_manifest(tiny_shards)
     images = next(stream(manifest, tiny_shards).batches(0, False))[0]
-    x = DeviceTransform(manifest, torch.device("cpu"), 0.0, channels_last=True)(images, train=True)
+    x = DeviceTransform(manifest, torch.device("cpu"), 0.0, True, "standard")(images, train=True)
     assert x.shape == (8, 3, 67, 67) and x.is_contiguous(memory_format=torch.channels_last)
     mean = torch.tensor(manifest.stats.mean).view(1, 3, 1, 1)
     std = torch.tensor(manifest.stats.std).view(1, 3, 1, 1)
     torch.testing.assert_close(x * std + mean, images.permute(0, 3, 1, 2).float() / 255, atol=1e-5, rtol=0)
-    lit = DeviceTransform(manifest, torch.device("cpu"), 0.1, channels_last=False)(images, train=True)
+    lit = DeviceTransform(manifest, torch.device("cpu"), 0.1, False, "standard")(images, train=True)
     shift = (lit - x) * std  # PCA lighting: one RGB offset per image, the same at every pixel
     assert torch.allclose(shift, shift[:, :, :1, :1].expand_as(shift), atol=1e-5)
     assert shift.abs().max() > 0
@@ -221,3 +224,21 @@ def test_starting_a_loader_leaves_the_global_generator_alone(tiny_shards):
     torch.manual_seed(7)
     next(iter(stream(manifest, tiny_shards).batches(2, False)))
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_paper_normalisation_subtracts_the_mean_from_raw_pixels(tiny_shards):
+    """Section 2: the mean pixel of the training set is subtracted from raw 0-255 RGB values,
+    with no division; the colour noise is in the same units (the [0, 1] eigenvalues x 255)."""
+    manifest = read_manifest(tiny_shards)
+    images = next(stream(manifest, tiny_shards).batches(0, False))[0]
+    x = DeviceTransform(manifest, torch.device("cpu"), 0.0, False, "paper")(images, train=True)
+    mean = torch.tensor(manifest.stats.mean).view(1, 3, 1, 1) * 255
+    torch.testing.assert_close(x + mean, images.permute(0, 3, 1, 2).float(), atol=1e-4, rtol=0)
+    torch.manual_seed(0)
+    lit = DeviceTransform(manifest, torch.device("cpu"), 0.1, False, "paper")(images, train=True)
+    torch.manual_seed(0)
+    unit = DeviceTransform(manifest, torch.device("cpu"), 0.1, False, "standard")(images, train=True)
+    std = torch.tensor(manifest.stats.std).view(1, 3, 1, 1)
+    shift_paper = (lit - x)[:, :, 0, 0]
+    shift_unit = ((unit * std + mean / 255) - images.permute(0, 3, 1, 2).float() / 255)[:, :, 0, 0]
+    torch.testing.assert_close(shift_paper, 255 * shift_unit, atol=1e-3, rtol=1e-3)  # the same noise, in 0-255

@@ -1,4 +1,5 @@
-"""Asking for more GPUs than the cluster has ends in a clear message after a bounded wait."""
+"""Asking for more GPUs than the cluster has ends in one clear sentence, at once on an embedded
+Ray (it has no autoscaler that could add nodes)."""
 
 from __future__ import annotations
 
@@ -21,11 +22,13 @@ def test_more_gpus_than_the_cluster_has(tiny_shards, tmp_path):
         cfg = compose(
             *tiny_run_overrides(tiny_shards, str(tmp_path)),
             "cluster.gpus_per_worker=2",
-            "cluster.placement_timeout_s=3",
+            "cluster.placement_timeout_s=60",
         )
         start = time.monotonic()
-        with pytest.raises(ConfigError, match=r"needs .*4 GPU but the Ray cluster has .*1 GPU after 3 s"):
+        with pytest.raises(
+            ConfigError, match=r"needs 2 workers of .*2 GPU each, every worker on one node, .*1 GPU\) hold 0;"
+        ):
             run(cfg)
-        assert time.monotonic() - start < 30
+        assert time.monotonic() - start < 15  # no wait for GPUs that cannot appear
     finally:
         ray.shutdown()

@@ -1,4 +1,4 @@
-"""python -m orchestrator.bench [--gpu]: speed, as ratios against baselines measured in the same
+"""python -m orchestrator.tools.bench [--gpu]: speed, as ratios against baselines measured in the same
 run (the machine may be shared and noisy: absolute numbers drift, ratios hold).
 
 CPU (`make bench`): the train step of the paper net vs torchvision's AlexNet (fp32, bf16) and as
@@ -219,7 +219,7 @@ def plain_loop(shards: str, epochs: int) -> float:
     manifest = load_manifest(shards, {})
     model = AlexNet(len(manifest.classes), width=0.25, input_size=112, init="kaiming")
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    transform = DeviceTransform(manifest, torch.device("cpu"), 0.1, channels_last=False)
+    transform = DeviceTransform(manifest, torch.device("cpu"), 0.1, channels_last=False, normalize="paper")
     augment = Augment("paper", 112, manifest.settings["resize"])
     rates = []  # per window of 5 steps, as the training loop logs them
     for epoch in range(epochs):
@@ -366,7 +366,7 @@ def show(title: str, values: dict[str, float]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m orchestrator.bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m orchestrator.tools.bench", description=__doc__)
     parser.add_argument("--gpu", action="store_true", help="the model-only GPU benchmark")
     parser.add_argument("--out", default=os.path.join(REPO_ROOT, "bench.json"))
     parser.add_argument("--shards", default=os.path.join(REPO_ROOT, "data", "shards", "demo"))

@@ -1,0 +1,124 @@
+"""What a Trainer knows of the cluster it runs in: its rank, the world size, its devices, one
+collective (a sum over ranks), and where checkpoints go and come back from. Two adapters: Ray
+Train's (orchestrator/ray_cluster.py) and plain torch.distributed (`TorchCluster`, here: a
+torchrun-style launch, the GPU check and the tests), so training runs, is tested and is
+profiled without Ray."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from orchestrator import checkpoint, storage
+from orchestrator.runs import CHECKPOINT_PREFIX, RunFolder
+
+
+class Cluster:
+    """The interface. `rank`, `world` and `devices` are set by each adapter."""
+
+    rank: int = 0
+    world: int = 1
+    devices: list[torch.device]
+
+    @property
+    def collective_device(self) -> torch.device:
+        """The one rule for collectives: their tensors live on the device the process group
+        serves. NCCL serves CUDA tensors only (a CPU tensor raises "No backend type associated
+        with device type cpu"), so there it is this worker's first GPU; gloo reduces on the CPU."""
+        if dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":
+            return self.devices[0]
+        return torch.device("cpu")
+
+    def all_reduce(self, values: torch.Tensor) -> torch.Tensor:
+        """The sum over all ranks, on the collective device (every rank calls it at the same step)."""
+        values = values.to(self.collective_device)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(values)
+        return values
+
+    def report(self, metrics: dict[str, float], folder: str | None, best: bool = False) -> None:
+        """Every rank calls this at the same points; rank 0 passes a checkpoint folder (which
+        the adapter then owns and removes), also kept as the run's best when `best`."""
+        raise NotImplementedError
+
+    def restored_checkpoint(self) -> contextlib.AbstractContextManager[str | None]:
+        """The newest checkpoint of this run as a local folder, or None for a fresh start."""
+        raise NotImplementedError
+
+
+def local_devices(gpus: int, local_rank: int = 0) -> list[torch.device]:
+    """This process's devices: `gpus` CUDA devices from local_rank x gpus on, else the CPU."""
+    count = torch.cuda.device_count()
+    if gpus < 1 or count == 0:
+        return [torch.device("cpu")]
+    first = local_rank * gpus
+    return [torch.device("cuda", (first + i) % count) for i in range(gpus)]
+
+
+class TorchCluster(Cluster):
+    """Plain torch.distributed. Rank and world come from torchrun's environment (RANK,
+    WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT), or are given. The process group is NCCL when the
+    worker has GPUs, else gloo, and is set up even for one process, so the collectives that
+    training makes are the ones a multi-node run makes. Checkpoints go to the run's folder as
+    checkpoint_<step>/, the newest `keep` kept; `best/` is a copy of one of them."""
+
+    def __init__(self, folder: RunFolder, gpus_per_worker: int, keep: int, rank: int | None = None,
+                 world: int | None = None, backend: str | None = None) -> None:  # fmt: skip
+        self.folder, self.keep = folder, keep
+        self.rank = int(os.environ.get("RANK", 0)) if rank is None else rank
+        self.world = int(os.environ.get("WORLD_SIZE", 1)) if world is None else world
+        local_rank = int(os.environ.get("LOCAL_RANK", self.rank))
+        self.devices = local_devices(gpus_per_worker, local_rank)
+        self.owns_group = not dist.is_initialized()
+        if self.owns_group:
+            if self.devices[0].type == "cuda":
+                torch.cuda.set_device(self.devices[0])
+            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+            os.environ.setdefault("MASTER_PORT", "29500")
+            dist.init_process_group(
+                backend or ("nccl" if self.devices[0].type == "cuda" else "gloo"),
+                rank=self.rank,
+                world_size=self.world,
+                timeout=timedelta(minutes=10),
+            )
+
+    def report(self, metrics: dict[str, float], folder: str | None, best: bool = False) -> None:
+        if folder is None:
+            return
+        step = int(metrics["step"])
+        url = self.folder.path(f"{CHECKPOINT_PREFIX}{step:09d}")
+        storage.put_dir(folder, url, self.folder.options)
+        if best:
+            storage.copy_dir(url, self.folder.best_url, self.folder.options)
+        for old in self.checkpoints()[: -self.keep]:
+            storage.remove_dir(self.folder.path(old), self.folder.options)
+        checkpoint.discard(folder)
+
+    def checkpoints(self) -> list[str]:
+        return [d for d in storage.list_dirs(self.folder.url, self.folder.options) if d.startswith(CHECKPOINT_PREFIX)]
+
+    @contextlib.contextmanager
+    def restored_checkpoint(self) -> Iterator[str | None]:
+        names = self.checkpoints()
+        if not names:
+            yield None
+            return
+        with tempfile.TemporaryDirectory(prefix="alexnet-restore-") as local:
+            storage.get_dir(self.folder.path(names[-1]), local, self.folder.options)
+            yield local
+
+    def close(self) -> None:
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def describe(cluster: Cluster) -> dict[str, Any]:
+    """What a worker records at start: where it runs and on what."""
+    return {"rank": cluster.rank, "world": cluster.world, "devices": [str(d) for d in cluster.devices]}

@@ -1,0 +1,64 @@
+"""python -m orchestrator.local [overrides]: training without Ray, under plain torch.distributed.
+
+One process is one worker (two GPUs when it has them); several come from torchrun, which sets
+RANK, WORLD_SIZE, LOCAL_RANK and MASTER_ADDR/PORT:
+
+    torchrun --nproc-per-node=4 -m orchestrator.local cluster.gpus_per_worker=2 data.url=...
+
+The Trainer is the one Ray Train runs; only the cluster adapter differs (TorchCluster). For
+profiling, the GPU check, machines without Ray, and the tests."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+
+import hydra
+from omegaconf import DictConfig
+
+from orchestrator.cluster import TorchCluster
+from orchestrator.config import ConfigError, TrainConfig, public_config, register
+from orchestrator.job import prepare
+from orchestrator.logs import setup as setup_logging
+from orchestrator.runs import RunFolder
+from orchestrator.trainer import Trainer
+
+register()
+log = logging.getLogger("orchestrator.local")
+
+
+def fit(config: TrainConfig, rank: int | None = None, world: int | None = None) -> None:
+    """One worker's whole run; rank and world default to torchrun's environment."""
+    folder = RunFolder(config.storage.url, config.run_name, config.storage.options)
+    cluster = TorchCluster(folder, config.cluster.gpus_per_worker, config.checkpoint.keep, rank, world)
+    try:
+        if cluster.rank == 0:
+            folder.write_config(public_config(config))
+        start = time.perf_counter()
+        Trainer(config, cluster).fit()
+        if cluster.rank == 0:
+            folder.event("finished", seconds=round(time.perf_counter() - start, 1))
+            folder.drain()
+    finally:
+        cluster.close()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> None:
+    setup_logging()
+    try:
+        if int(os.environ.get("WORLD_SIZE", 1)) > 1 and cfg.run_name is None:
+            raise ConfigError("several processes must name one run; add run_name=<name> to the command")
+        config = prepare(cfg)
+    except ConfigError as err:
+        log.error("%s", err)
+        sys.exit(2)
+    # The global batch (and a linearly scaled lr) counts the processes torchrun started.
+    config.cluster.nodes = int(os.environ.get("WORLD_SIZE", 1))
+    fit(config)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""The Ray Train adapter: rank, world and devices from Ray's context; checkpoints through
+`ray.train.report`, uploaded in the background by our retrying upload function; the restored
+checkpoint from `ray.train.get_checkpoint()`. `train_loop` is what TorchTrainer runs."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+
+import ray.train
+import ray.train.torch
+import torch
+
+from orchestrator import storage
+from orchestrator.cluster import Cluster
+from orchestrator.config import TrainConfig
+from orchestrator.runs import RunFolder
+from orchestrator.trainer import Trainer
+
+
+def quiet_report_lines() -> None:
+    """Ray Train V2 logs every report ("Reporting training result N: TrainingReport(...)") at
+    INFO through a logger named after its source file, which LoggingConfig does not reach;
+    those lines would fill the user's console, one per report per worker."""
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another Ray layout: nothing to quiet
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
+class RayCluster(Cluster):
+    def __init__(self, folder: RunFolder) -> None:
+        quiet_report_lines()
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.devices = ray.train.torch.get_devices() if torch.cuda.is_available() else [torch.device("cpu")]
+        self.folder = folder
+
+    def report(self, metrics: dict[str, float], folder: str | None, best: bool = False) -> None:
+        def upload(ckpt: ray.train.Checkpoint, name: str) -> ray.train.Checkpoint:
+            """Ray registers a checkpoint only after this returns, so a half-written one is
+            never chosen for resume; the upload is retried through storage outages."""
+            url = self.folder.path(name)
+            storage.put_dir(ckpt.path, url, self.folder.options)
+            if best:
+                storage.copy_dir(url, self.folder.best_url, self.folder.options)
+            path, fs = storage.ray_storage(url, self.folder.options)
+            return ray.train.Checkpoint(path=path, filesystem=fs)
+
+        ray.train.report(
+            metrics,
+            checkpoint=ray.train.Checkpoint.from_directory(folder) if folder else None,
+            checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC,
+            checkpoint_upload_fn=upload,
+            delete_local_checkpoint_after_upload=True,
+        )
+
+    @contextlib.contextmanager
+    def restored_checkpoint(self) -> Iterator[str | None]:
+        restored = ray.train.get_checkpoint()
+        if restored is None:
+            yield None
+            return
+        with restored.as_directory() as folder:
+            yield folder
+
+
+def train_loop(config: TrainConfig) -> None:
+    """One Ray Train worker."""
+    folder = RunFolder(config.storage.url, config.run_name, config.storage.options)
+    Trainer(config, RayCluster(folder)).fit()

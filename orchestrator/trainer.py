@@ -1,0 +1,217 @@
+"""One worker's training: the two-tower AlexNet on this worker's devices (two GPUs: the paper's
+split), DDP across workers, the paper's recipe. It reaches the cluster only through a `Cluster`
+(rank, world, devices, a sum over ranks, checkpoints in and out), so the same code runs under
+Ray Train, under torchrun and in the tests.
+
+Every rank runs the same steps: the same number of batches per epoch (data.py), the metric
+collective at the same log steps, and `report` at the same checkpoints (Ray's is a barrier)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+
+from orchestrator import checkpoint
+from orchestrator.cluster import Cluster
+from orchestrator.config import TrainConfig, public_config
+from orchestrator.data import (
+    Augment,
+    DataError,
+    DeviceTransform,
+    EvalStream,
+    TrainStream,
+    load_manifest,
+    loader,
+    stable_seed,
+    steps_per_epoch,
+)
+from orchestrator.devices import tower_devices
+from orchestrator.evaluation import evaluate
+from orchestrator.logs import setup as setup_logging
+from orchestrator.meter import Meter
+from orchestrator.network import autocast, build_model, make_optimizer
+from orchestrator.runs import RunFolder
+from orchestrator.schedule import Schedule
+from orchestrator.tracking import NullTracker, Tracker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Position:
+    """Where training stands: `batch` batches of `epoch` are done (the data resumes there)."""
+
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+    best_top1: float = 0.0
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, cluster: Cluster) -> None:
+        self.config, self.cluster = config, cluster
+        setup_logging(cluster.rank)
+        data = config.data
+        self.manifest = load_manifest(data.url, data.storage_options)
+        dev_a, dev_b, fused = tower_devices(cluster.devices, config.model.placement)
+        self.device = dev_a
+
+        torch.manual_seed(config.seed)  # identical initial weights on every rank
+        self.model = build_model(config.model, len(self.manifest.classes)).place(dev_a, dev_b, fused)
+        if config.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.net: torch.nn.Module = self.model
+        if cluster.world > 1:  # device_ids=None: the module may span two devices
+            self.net = DistributedDataParallel(self.model, device_ids=None, gradient_as_bucket_view=True)
+        if config.compile:
+            self.net = torch.compile(self.net)
+        self.optimizer = make_optimizer(self.model, config.optim, config.lr)
+        self.steps = steps_per_epoch(self.manifest.splits["train"], cluster.world, config.batch_size)
+        if self.steps == 0:
+            raise DataError(
+                f"the train split has too few samples for {cluster.world} workers x batch {config.batch_size}"
+            )
+        self.schedule = Schedule(self.optimizer, config.schedule, config.epochs, self.steps, config.warmup_epochs)
+
+        self.position = Position()
+        self.folder = RunFolder(config.storage.url, config.run_name, config.storage.options)
+        self.tracker = Tracker(config, self.folder) if cluster.rank == 0 else NullTracker()
+        self.transform = DeviceTransform(self.manifest, dev_a, data.lighting, config.channels_last, data.normalize)
+        short_side = self.manifest.settings.get("resize", config.model.input_size)
+        self.augment = Augment(data.augment, config.model.input_size, short_side)
+        self.meter = Meter(dev_a, cluster.all_reduce, data.max_skipped_fraction)
+
+    # --- the run, top to bottom
+    def fit(self) -> None:
+        self.restore()
+        c = self.config
+        scaled = c.optim.scale_lr == "linear"
+        log.info(
+            "training %s on %d worker(s) x %s: global batch %d, lr %.4g%s, warm-up %g epochs, %d steps per epoch",
+            c.run_name, self.cluster.world, "+".join(str(d) for d in self.cluster.devices), c.global_batch, c.lr,
+            f" (optim.lr {c.optim.lr:g} x {c.global_batch}/{c.optim.reference_batch})" if scaled else "",
+            c.warmup_epochs, self.steps,
+        )  # fmt: skip
+        first_step = self.position.step
+        for epoch in range(self.position.epoch, c.epochs):
+            self.train_epoch(epoch, first_step)
+            metrics = self.validate()
+            self.end_epoch(epoch, metrics)
+        self.tracker.summary(**{"best/val_top1": self.position.best_top1})
+        self.tracker.finish()
+
+    def train_epoch(self, epoch: int, first_step: int) -> None:
+        """The rest of this epoch's batches (all of them unless resuming mid-epoch)."""
+        c, pos = self.config, self.position
+        stream = TrainStream(
+            self.manifest, c.data.url, c.data.storage_options, seed=c.seed, epoch=epoch, rank=self.cluster.rank,
+            world=self.cluster.world, batch_size=c.batch_size, augment=self.augment,
+            shuffle_buffer=c.data.shuffle_buffer, skip=pos.batch,
+        )  # fmt: skip
+        self.net.train()
+        self.meter.reset()
+        tick = time.perf_counter()
+        for images, labels, skipped in stream.batches(c.data.workers, pin_memory=self.device.type == "cuda"):
+            waited = time.perf_counter() - tick
+            labels = labels.to(self.device, non_blocking=True)
+            logits, loss = self.step(self.transform(images, train=True), labels)
+            pos.step += 1
+            pos.batch += 1
+            self.meter.add(loss, logits, labels, skipped, waited)
+            if pos.step == first_step + 1:  # how long launching took, from the user's side
+                self.tracker.event("first_step", step=pos.step)
+            if pos.step % c.log_every_steps == 0 or pos.batch == self.steps:
+                self.log_train(epoch)
+            if pos.step % c.checkpoint.every_steps == 0 and pos.batch < self.steps:
+                self.save({})
+            tick = time.perf_counter()
+
+    def step(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One SGD step on one batch; the loss stays on the device."""
+        with autocast(self.device, self.config.precision):
+            logits = self.net(x)
+        loss = F.cross_entropy(logits.float(), labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.schedule.after_step()
+        return logits, loss
+
+    def log_train(self, epoch: int) -> None:
+        metrics = {**self.meter.read(), "lr": self.optimizer.param_groups[0]["lr"]}
+        pos = self.position
+        self.tracker.log(pos.step, epoch, metrics)
+        log.info(
+            "epoch %d/%d batch %d/%d step %d loss %.3f top1 %.1f%% lr %.2g %s img/s data-wait %.0f%%",
+            epoch + 1, self.config.epochs, pos.batch, self.steps, pos.step, metrics["train/loss"],
+            100 * metrics["train/top1"], metrics["lr"], f"{metrics['images_per_s']:,.0f}", 100 * metrics["data_wait"],
+        )  # fmt: skip
+
+    def validate(self) -> dict[str, float]:
+        """Every rank evaluates its share of the val split; the totals are summed."""
+        c = self.config
+        val = EvalStream(
+            self.manifest, c.data.url, c.data.storage_options, rank=self.cluster.rank, world=self.cluster.world,
+            batch_size=c.batch_size, size=c.model.input_size, ten_crop=c.eval.ten_crop,
+        )  # fmt: skip
+        batches = loader(val, c.data.workers, pin_memory=self.device.type == "cuda")
+        return evaluate(
+            self.model, batches, self.transform, lambda: autocast(self.device, c.precision), self.cluster.all_reduce
+        )
+
+    def end_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        pos = self.position
+        self.schedule.after_epoch(metrics["val/top1"])
+        pos.epoch, pos.batch = epoch + 1, 0
+        improved = metrics["val/top1"] > pos.best_top1
+        pos.best_top1 = max(pos.best_top1, metrics["val/top1"])
+        metrics["val/best_top1"] = pos.best_top1
+        self.tracker.log(pos.step, epoch, metrics)
+        log.info(
+            "epoch %d/%d val top1 %.1f%% top5 %.1f%% loss %.3f",
+            epoch + 1, self.config.epochs, 100 * metrics["val/top1"], 100 * metrics["val/top5"], metrics["val/loss"],
+        )  # fmt: skip
+        self.save(metrics, best=improved)
+
+    # --- checkpoints: one path, through the cluster
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "position": asdict(self.position),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.position = Position(**state["position"])
+
+    def save(self, metrics: dict[str, float], best: bool = False) -> None:
+        """Every rank reports; rank 0 also hands over a checkpoint (best: kept as best/ too).
+        Then the RNG is reseeded from the step, as `restore` does: dropout and colour noise
+        after a checkpoint are the same whether or not the run was interrupted there."""
+        folder = None
+        if self.cluster.rank == 0:
+            folder = checkpoint.stage()
+            checkpoint.save(folder, **self.state_dict(), metrics=metrics, config=public_config(self.config))
+        pos = self.position
+        self.cluster.report({**metrics, "step": pos.step, "epoch": pos.epoch}, folder, best)
+        self.reseed()
+
+    def restore(self) -> None:
+        with self.cluster.restored_checkpoint() as folder:
+            if folder is not None:
+                self.load_state_dict(checkpoint.load(folder))
+                pos = self.position
+                self.tracker.event("resumed", step=pos.step, epoch=pos.epoch, batch=pos.batch)
+        self.reseed()
+
+    def reseed(self) -> None:
+        torch.manual_seed(stable_seed(self.config.seed, self.cluster.rank, "step", self.position.step))

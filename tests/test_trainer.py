@@ -1,0 +1,149 @@
+"""The Trainer without Ray: plain torch.distributed (gloo) with one and two processes, the
+collective rule under NCCL, and metrics summed over every rank."""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from conftest import compose, free_port, tiny_run_overrides
+
+from orchestrator import checkpoint
+from orchestrator.cluster import Cluster
+from orchestrator.config import TrainConfig
+from orchestrator.job import prepare
+from orchestrator.local import fit
+from orchestrator.meter import Meter
+
+
+def config(shards: str, runs: str, **extra) -> TrainConfig:
+    extra = {"logger.mode": "disabled", "cluster.nodes": 1, **extra}
+    return prepare(compose(*tiny_run_overrides(shards, runs, **extra)))
+
+
+def lines(run_dir: str) -> list[dict]:
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_one_process_trains_checkpoints_and_resumes(tiny_shards, tmp_path, monkeypatch):
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    runs = str(tmp_path / "runs")
+    fit(config(tiny_shards, runs, run_name="plain", epochs=1))
+    record = lines(os.path.join(runs, "plain"))
+    assert record[-1]["event"] == "finished"
+    vals = [line for line in record if "val/top1" in line]
+    assert len(vals) == 1 and vals[0]["val/images"] == 40
+    ckpts = sorted(glob.glob(os.path.join(runs, "plain", "checkpoint_*")))
+    assert len(ckpts) == 2  # checkpoint.keep
+    state = checkpoint.load(ckpts[-1])
+    assert state["position"]["epoch"] == 1 and state["metrics"]["val/top1"] == vals[0]["val/top1"]
+    best = checkpoint.load(os.path.join(runs, "plain", "best"))  # a copy of the epoch's checkpoint
+    assert torch.equal(best["model"]["tower_a.fc8.weight"], state["model"]["tower_a.fc8.weight"])
+    steps = state["position"]["step"]
+
+    fit(config(tiny_shards, runs, run_name="plain", epochs=2, resume="true"))
+    record = lines(os.path.join(runs, "plain"))
+    assert [line["step"] for line in record if line.get("event") == "resumed"] == [steps]
+    assert max(line["epoch"] for line in record if "val/top1" in line) == 1
+
+
+def _two_ranks(rank: int, shards: str, runs: str, port: int) -> None:
+    os.environ["MASTER_PORT"] = str(port)
+    fit(config(shards, runs, run_name="two", **{"cluster.nodes": 2}), rank=rank, world=2)
+
+
+@pytest.mark.timeout(300)
+def test_two_processes_train_one_model_with_ddp(tiny_shards, tmp_path):
+    runs = str(tmp_path / "runs")
+    mp.spawn(_two_ranks, args=(tiny_shards, runs, free_port()), nprocs=2)
+    record = lines(os.path.join(runs, "two"))
+    assert record[-1]["event"] == "finished"
+    train = [line for line in record if "train/loss" in line]
+    steps = 160 // 2 // 8  # every rank: its half of the train split in batches of 8
+    assert max(line["step"] for line in train) == steps
+    assert all(line["images_per_s"] > 0 for line in train)
+    assert [line["val/images"] for line in record if "val/top1" in line] == [40]  # both halves of val
+
+
+class FakeNccl(Cluster):
+    """A cluster whose process group reports the NCCL backend, with a non-CPU device (meta),
+    recording the device of every tensor that reaches a collective."""
+
+    def __init__(self) -> None:
+        self.devices = [torch.device("meta")]
+        self.seen: list[torch.device] = []
+
+
+class Recorded(Exception):
+    """Raised by the fake collective once it has seen its tensor (meta tensors hold no values)."""
+
+
+def test_every_collective_tensor_lives_on_the_nccl_device(monkeypatch):
+    """NCCL serves CUDA tensors only: a CPU tensor in all_reduce raises on every GPU run. With
+    the backend reported as nccl and the loop's device not the CPU, the metric collective of a
+    log step and of validation must both hand over tensors on that device."""
+    from orchestrator.evaluation import evaluate
+
+    cluster = FakeNccl()
+
+    def all_reduce(tensor, *args, **kwargs):
+        cluster.seen.append(tensor.device)
+        raise Recorded
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_backend", lambda *a: "nccl")
+    monkeypatch.setattr(dist, "all_reduce", all_reduce)
+    meta = torch.device("meta")
+    meter = Meter(meta, cluster.all_reduce, max_skipped_fraction=0.5)
+    logits = torch.zeros(4, 10, device=meta)
+    meter.add(torch.zeros((), device=meta), logits, torch.zeros(4, dtype=torch.long, device=meta), 1, 0.0)
+    with pytest.raises(Recorded):
+        meter.read()
+
+    class Transform:
+        device = meta
+
+        def __call__(self, images, train):
+            return torch.zeros(len(images), 3, 8, 8, device=meta)
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 10)).to(meta)
+    batches = [(torch.zeros(2, 8, 8, 3, dtype=torch.uint8), torch.zeros(2, dtype=torch.long))]
+    with pytest.raises(Recorded):
+        evaluate(model, batches, Transform(), contextlib.nullcontext, cluster.all_reduce)
+    assert cluster.seen == [meta, meta]
+
+
+def _sum_metrics(rank: int, port: int, out: str) -> None:
+    """Rank r sees 4 batches of 8 with loss r + 1 and all 8 (rank 0) or none (rank 1) right."""
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+
+    gloo = Cluster()
+    gloo.devices = [torch.device("cpu")]
+    meter = Meter(torch.device("cpu"), gloo.all_reduce, max_skipped_fraction=1.0)
+    labels = torch.arange(8) % 10
+    logits = torch.nn.functional.one_hot(labels if rank == 0 else (labels + 1) % 10, 10).float()
+    for _ in range(4):
+        meter.add(torch.tensor(float(rank + 1)), logits, labels, skipped=rank, waited=0.0)
+    metrics = meter.read()
+    if rank == 0:
+        with open(out, "w") as f:
+            json.dump(metrics, f)
+    dist.destroy_process_group()
+
+
+@pytest.mark.timeout(120)
+def test_train_metrics_are_summed_over_every_rank(tmp_path):
+    out = str(tmp_path / "metrics.json")
+    mp.spawn(_sum_metrics, args=(free_port(), out), nprocs=2)
+    with open(out) as f:
+        metrics = json.load(f)
+    assert metrics["train/loss"] == pytest.approx(1.5)  # (4 x 1 + 4 x 2) / 8 batches
+    assert metrics["train/top1"] == pytest.approx(0.5)  # 32 right of 64
+    assert metrics["data/skipped"] == 4
