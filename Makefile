@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-NODES ?= 2
+NODES ?=
 ARGS  ?=
 LR      ?= 0.02,0.01
 DROPOUT ?= 0.5,0.3
@@ -38,10 +38,10 @@ $(DEMO_SHARDS)/manifest.json: | $(STAMP)
 shards: $(STAMP) $(DEMO_SHARDS)/manifest.json
 
 train: $(STAMP) $(DEMO_SHARDS)/manifest.json
-	$(PY) -m orchestrator.train cluster.nodes=$(NODES) $(ARGS)
+	$(PY) -m orchestrator.train $(if $(NODES),cluster.nodes=$(NODES)) $(ARGS)
 
 sweep: $(STAMP) $(DEMO_SHARDS)/manifest.json
-	$(PY) -m orchestrator.train -m optim.lr=$(LR) model.dropout=$(DROPOUT) cluster.nodes=$(NODES) $(ARGS)
+	$(PY) -m orchestrator.train -m optim.lr=$(LR) model.dropout=$(DROPOUT) $(if $(NODES),cluster.nodes=$(NODES)) $(ARGS)
 
 bench: $(STAMP) $(DEMO_SHARDS)/manifest.json
 	$(PY) -m orchestrator.tools.bench

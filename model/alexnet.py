@@ -25,12 +25,18 @@ PAPER_INPUT_SIZE = 224
 INITS = ("paper", "kaiming")
 
 
-def pooled_size(input_size: int) -> int:
-    """Spatial size after C1 (11/4, pad 2) and the three 3/2 max-pools; C2-C5 keep the size."""
-    size = (input_size + 2 * 2 - 11) // 4 + 1
+def stage_sizes(input_size: int) -> tuple[int, int, int, int]:
+    """Spatial sizes after C1 (11/4, pad 2) and after each of the three 3/2 max-pools; C2-C5
+    keep the size they are given. 224 -> (55, 27, 13, 6), the paper's figure 2."""
+    sizes = [(input_size + 2 * 2 - 11) // 4 + 1]
     for _ in range(3):
-        size = (size - 3) // 2 + 1
-    return size
+        sizes.append((sizes[-1] - 3) // 2 + 1)
+    return tuple(sizes)
+
+
+def pooled_size(input_size: int) -> int:
+    """Spatial size of pool5's output, what F6 reads."""
+    return stage_sizes(input_size)[-1]
 
 
 def _window_mean(t: torch.Tensor, size: int, groups: int) -> torch.Tensor:

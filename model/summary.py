@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from model.alexnet import AlexNet
+from model.alexnet import AlexNet, stage_sizes
 
 
 @dataclass(frozen=True)
@@ -29,10 +29,7 @@ def layer_table(model: AlexNet) -> list[LayerRow]:
         return f"{size}x{size}x{channels}"
 
     s0 = model.input_size
-    s1 = (s0 + 4 - 11) // 4 + 1
-    p1 = (s1 - 3) // 2 + 1
-    p2 = (p1 - 3) // 2 + 1
-    p3 = (p2 - 3) // 2 + 1
+    s1, p1, p2, p3 = stage_sizes(s0)
     rows = [
         ("C1", hwc(s0, 3), "11x11/4", hwc(s1, c1), "conv1"),
         ("LRN1 + pool1", hwc(s1, c1), "3x3/2", hwc(p1, c1), None),

@@ -176,16 +176,21 @@ class ScheduleConfig:
 
 @dataclass
 class ClusterConfig:
-    nodes: int = 2  # Ray Train workers
-    gpus_per_worker: int = 2
+    # Ray Train workers, and each one's GPUs (2: the paper's split). Unset on an embedded Ray:
+    # fitted to this machine (no GPU: 2 CPU workers; 1 GPU: 1 worker, both towers on it;
+    # 2-3: 1 worker, one tower per GPU; 2k: k workers of 2); set, they must fit, or are refused.
+    nodes: int | None = None
+    gpus_per_worker: int | None = None
     cpus_per_worker: float = 1.0
     address: str | None = None  # Ray cluster to join; RAY_ADDRESS when unset
     max_failures: int = 3
     placement_timeout_s: float = 120.0
 
     def __post_init__(self) -> None:
-        at_least("cluster.nodes", self.nodes, 1)
-        at_least("cluster.gpus_per_worker", self.gpus_per_worker, 0)
+        if self.nodes is not None:
+            at_least("cluster.nodes", self.nodes, 1)
+        if self.gpus_per_worker is not None:
+            at_least("cluster.gpus_per_worker", self.gpus_per_worker, 0)
         positive("cluster.cpus_per_worker", self.cpus_per_worker)
         at_least("cluster.max_failures", self.max_failures, -1)
         positive("cluster.placement_timeout_s", self.placement_timeout_s)
@@ -275,6 +280,8 @@ class TrainConfig:
 
     @property
     def global_batch(self) -> int:
+        if self.cluster.nodes is None:
+            raise ValueError("cluster.nodes is decided when the job meets its cluster; ask after that")
         return self.batch_size * self.cluster.nodes
 
     @property

@@ -16,6 +16,7 @@ import sys
 import time
 
 import hydra
+import torch
 from omegaconf import DictConfig
 
 from orchestrator.cluster import TorchCluster
@@ -55,8 +56,12 @@ def main(cfg: DictConfig) -> None:
     except ConfigError as err:
         log.error("%s", err)
         sys.exit(2)
-    # The global batch (and a linearly scaled lr) counts the processes torchrun started.
+    # The global batch (and a linearly scaled lr) counts the processes torchrun started; each
+    # takes its share of this machine's GPUs unless told (2 at most: the paper's split).
     config.cluster.nodes = int(os.environ.get("WORLD_SIZE", 1))
+    if config.cluster.gpus_per_worker is None:
+        per_process = torch.cuda.device_count() // int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        config.cluster.gpus_per_worker = min(2, per_process)
     fit(config)
 
 

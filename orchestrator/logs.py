@@ -41,8 +41,11 @@ def setup(rank: int = 0) -> None:
     logger = logging.getLogger(ROOT)
     logger.setLevel(logging.INFO)
     logger.propagate = False
-    if not any(isinstance(h, Console) for h in logger.handlers):
-        logger.addHandler(Console())
-    for old in [f for f in logger.filters if isinstance(f, RankZero)]:
-        logger.removeFilter(old)
-    logger.addFilter(RankZero(rank))
+    console = next((h for h in logger.handlers if isinstance(h, Console)), None)
+    if console is None:
+        console = Console()
+        logger.addHandler(console)
+    # On the handler: a logger's own filters never see its children's records (orchestrator.trainer).
+    for old in [f for f in console.filters if isinstance(f, RankZero)]:
+        console.removeFilter(old)
+    console.addFilter(RankZero(rank))

@@ -40,7 +40,8 @@ class Tracker:
                 mode = "offline"
                 self.run = self._start_wandb(config, mode, wandb_dir)
             # run.dir is <run folder>/files; the run folder is what `wandb sync` takes.
-            self.event("wandb", mode=mode, url=self.run.url, dir=os.path.dirname(self.run.dir))
+            url = self.run.url if mode == "online" else None  # offline runs have none (W&B warns if asked)
+            self.event("wandb", mode=mode, url=url, dir=os.path.dirname(self.run.dir))
 
     @staticmethod
     def _start_wandb(config: TrainConfig, mode: str, wandb_dir: str):

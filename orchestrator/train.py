@@ -55,12 +55,38 @@ def connect(config: TrainConfig) -> None:
         ray.init(logging_level=logging.WARNING)
 
 
+def fit_to_machine(nodes: int | None, gpus_per_worker: int | None, gpus: int) -> tuple[int, int, str]:
+    """(workers, GPUs per worker, what was decided) for an embedded Ray, which has no autoscaler:
+    settings left unset are fitted to this machine's GPUs at once; set ones are kept (and
+    refused at once by `wait_for_workers` if they cannot fit)."""
+    if gpus == 0:
+        return nodes or 2, 0, "No GPUs here: training on the CPU (gloo backend)."
+    per = gpus_per_worker if gpus_per_worker is not None else (2 if gpus >= 2 else 1)
+    workers = nodes or max(1, gpus // max(1, per))
+    if per >= 2:
+        how = f"{workers} worker(s) x {per} GPUs, the towers split across each worker's GPUs as in the paper"
+    elif per == 1:
+        how = f"{workers} worker(s) x 1 GPU, both towers on it (the paper splits them across 2 GPUs)"
+    else:
+        how = f"{workers} worker(s) on the CPU"
+    return workers, per, f"This machine has {gpus} GPU(s): {how}."
+
+
 def scaling(config: TrainConfig) -> tuple[ray.train.ScalingConfig, TorchConfig]:
+    """Ray resources per worker, after fitting unset cluster.nodes/gpus_per_worker: to this
+    machine on an embedded Ray; on a joined cluster, unset means 2 GPUs per worker, 2 workers."""
     cluster = config.cluster
     total = ray.cluster_resources()
-    use_gpu = cluster.gpus_per_worker > 0 and total.get("GPU", 0) > 0
-    if cluster.gpus_per_worker > 0 and not use_gpu:
-        log.info("No GPUs in this Ray cluster: training on the CPU (gloo backend).")
+    gpus = int(total.get("GPU", 0))
+    if cluster.address:
+        cluster.nodes = cluster.nodes or 2
+        cluster.gpus_per_worker = cluster.gpus_per_worker if cluster.gpus_per_worker is not None else 2
+        if gpus == 0:
+            log.info("No GPUs in this Ray cluster: training on the CPU (gloo backend).")
+    else:
+        cluster.nodes, cluster.gpus_per_worker, decided = fit_to_machine(cluster.nodes, cluster.gpus_per_worker, gpus)
+        log.info(decided)
+    use_gpu = cluster.gpus_per_worker > 0 and gpus > 0
     cpus = cluster.cpus_per_worker
     if not cluster.address:  # an embedded Ray: fractional CPUs so every worker of every job fits
         cpus = min(cpus, total.get("CPU", 1) / (cluster.nodes * config.sweep.parallel))

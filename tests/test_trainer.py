@@ -147,3 +147,21 @@ def test_train_metrics_are_summed_over_every_rank(tmp_path):
     assert metrics["train/loss"] == pytest.approx(1.5)  # (4 x 1 + 4 x 2) / 8 batches
     assert metrics["train/top1"] == pytest.approx(0.5)  # 32 right of 64
     assert metrics["data/skipped"] == 4
+
+
+def test_only_rank_zero_speaks_below_warnings(capsys):
+    import logging
+
+    from orchestrator.logs import setup
+
+    try:
+        setup(rank=1)
+        logging.getLogger("orchestrator.trainer").info("a step line")
+        logging.getLogger("orchestrator.data").warning("a damaged shard")
+        out, err = capsys.readouterr()
+        assert "a step line" not in out and err == "warning: a damaged shard\n"
+        setup(rank=0)
+        logging.getLogger("orchestrator.trainer").info("a step line")
+        assert capsys.readouterr().out == "a step line\n"
+    finally:
+        setup(rank=0)
