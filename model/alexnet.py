@@ -12,7 +12,7 @@ and the one every modern ImageNet pipeline produces, so shards and crops need no
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -120,6 +120,11 @@ class Placement:
     def split(self) -> bool:
         return self.tower_a != self.tower_b
 
+    @property
+    def split_path(self) -> bool:
+        """The towers run as two (the two-device code path), on one device or two."""
+        return not self.fused
+
 
 class AlexNet(nn.Module):
     """The paper's grouped two-tower AlexNet: 60,965,224 parameters at 1000 classes, width 1.
@@ -205,28 +210,31 @@ class AlexNet(nn.Module):
         return self._forward_split(x)
 
     # Two towers, each on its own device: crossings are the only device-to-device copies.
-    def _cross(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def cross(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         dev_a, dev_b = self.placement.tower_a, self.placement.tower_b
         return torch.cat([a, b.to(dev_a)], 1), torch.cat([a.to(dev_b), b], 1)
 
+    def segments(self, t: Tower) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+        """One tower's work between two crossings: C1-C2, C3-C5, F6, F7, F8. The towers cross
+        between consecutive segments, into C3, F6, F7 and F8."""
+        return [
+            lambda x: self.pool(self.lrn(F.relu(t.conv2(self.pool(self.lrn(F.relu(t.conv1(x)))))))),
+            lambda x: self.pool(F.relu(t.conv5(F.relu(t.conv4(F.relu(t.conv3(x))))))).flatten(1),
+            # Dropout on the outputs of F6 and F7 (the paper's placement, Caffe's drop6/drop7):
+            # each tower drops its own neurons once, before the crossing: both towers see one mask.
+            lambda x: self.dropout(F.relu(t.fc6(x))),
+            lambda x: self.dropout(F.relu(t.fc7(x))),
+            t.fc8,
+        ]
+
     def _forward_split(self, x: torch.Tensor) -> torch.Tensor:
-        ta, tb = self.tower_a, self.tower_b
         a, b = x.to(self.placement.tower_a), x.to(self.placement.tower_b)
-        a = self.pool(self.lrn(F.relu(ta.conv1(a))))
-        b = self.pool(self.lrn(F.relu(tb.conv1(b))))
-        a = self.pool(self.lrn(F.relu(ta.conv2(a))))
-        b = self.pool(self.lrn(F.relu(tb.conv2(b))))
-        a, b = self._cross(a, b)  # into C3
-        a = self.pool(F.relu(ta.conv5(F.relu(ta.conv4(F.relu(ta.conv3(a)))))))
-        b = self.pool(F.relu(tb.conv5(F.relu(tb.conv4(F.relu(tb.conv3(b)))))))
-        a, b = self._cross(a.flatten(1), b.flatten(1))  # into F6
-        # Dropout on the outputs of F6 and F7 (the paper's placement, Caffe's drop6/drop7): each
-        # tower drops its own neurons once, before the crossing, so both towers see one mask.
-        a, b = self.dropout(F.relu(ta.fc6(a))), self.dropout(F.relu(tb.fc6(b)))
-        a, b = self._cross(a, b)  # into F7
-        a, b = self.dropout(F.relu(ta.fc7(a))), self.dropout(F.relu(tb.fc7(b)))
-        a, b = self._cross(a, b)  # into F8
-        return torch.cat([ta.fc8(a), tb.fc8(b).to(self.placement.tower_a)], 1)
+        pairs = zip(self.segments(self.tower_a), self.segments(self.tower_b), strict=True)
+        for i, (segment_a, segment_b) in enumerate(pairs):
+            if i:
+                a, b = self.cross(a, b)
+            a, b = segment_a(a), segment_b(b)
+        return torch.cat([a, b.to(self.placement.tower_a)], 1)
 
     # Both towers on one device: the same function as grouped convolutions (Caffe's `group: 2`),
     # one kernel per layer instead of two. Channels are laid out [tower A | tower B] throughout.

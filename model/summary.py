@@ -15,6 +15,7 @@ class LayerRow:
     output: str
     params_per_tower: int  # tower A's count; tower B differs only in F8 when classes are odd
     params: int  # both towers
+    flops: int  # forward, both towers, one image: 2 per multiply-add of the conv or matmul
 
 
 def _count(*modules) -> int:
@@ -47,5 +48,25 @@ def layer_table(model: AlexNet) -> list[LayerRow]:
     for layer, inp, kernel, out, name in rows:
         per_tower = _count(getattr(a, name)) if name else 0
         total = _count(getattr(a, name), getattr(b, name)) if name else 0
-        table.append(LayerRow(layer, inp, kernel, out, per_tower, total))
+        flops = _flops(getattr(a, name), out) + _flops(getattr(b, name), out) if name else 0
+        table.append(LayerRow(layer, inp, kernel, out, per_tower, total, flops))
     return table
+
+
+def _flops(layer, output: str) -> int:
+    """Forward FLOPs of one tower's layer for one image: each output value of a convolution
+    costs one multiply-add per weight of its kernel; a linear layer, one per weight."""
+    weights = layer.weight[0].numel()
+    if layer.weight.dim() == 4:  # conv: outputs = the output map's area x this tower's kernels
+        area = int(output.split("x")[0]) ** 2
+        return 2 * area * layer.out_channels * weights
+    return 2 * layer.out_features * weights
+
+
+def train_flops_per_image(model: AlexNet) -> int:
+    """FLOPs of one training image: the forward, and twice that backward (the gradient of each
+    layer's input and of its weights), less C1's input gradient, which nothing needs (what
+    torch.utils.flop_counter counts for forward + backward; the tests compare the two)."""
+    table = layer_table(model)
+    forward = sum(row.flops for row in table)
+    return 3 * forward - table[0].flops

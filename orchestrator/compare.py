@@ -1,5 +1,5 @@
 """python -m orchestrator.compare [--group NAME] [--storage URL] [--source local|wandb]
-[--metric val/top1] [--plot FILE.png]: which run won, and the settings that differ.
+[--metric val/top1] [--plot FILE.png] [--json]: which run won, and the settings that differ.
 
 `local` (default) reads every run's config.yaml and metrics.jsonl under the storage URL, so it
 works offline and from a bucket; `wandb` asks the W&B API (needs WANDB_API_KEY)."""
@@ -37,6 +37,7 @@ class Row:
     best_top5: float | None = None
     train_loss: float | None = None
     images_per_s: float | None = None
+    mfu: float | None = None
     epochs: int = 0
 
 
@@ -79,6 +80,7 @@ def local_rows(root: str, options: dict[str, Any], group: str | None, metric: st
                 best_top5=best.get("val/top5"),
                 train_loss=record.last("train/loss"),
                 images_per_s=record.images_per_s(),
+                mfu=record.steady("perf/mfu"),
                 epochs=record.epochs_done(),
             )
         )
@@ -104,6 +106,7 @@ def wandb_rows(project: str, group: str | None, metric: str) -> list[Row]:
                 best=max((h[metric] for h in history), default=None),
                 train_loss=run.summary.get("train/loss"),
                 images_per_s=run.summary.get("images_per_s"),
+                mfu=run.summary.get("perf/mfu"),
                 epochs=len(history),
             )
         )
@@ -128,7 +131,7 @@ def table(rows: list[Row], metric: str) -> Table:
     t.add_column("run", overflow="fold")
     for key in keys:
         t.add_column(key, justify="right")
-    for column in (f"best {metric}", "top-5", "train loss", "images/s", "epochs", "status"):
+    for column in (f"best {metric}", "top-5", "train loss", "images/s", "MFU", "epochs", "status"):
         t.add_column(column, justify="right")
     for r in rows:
         t.add_row(
@@ -138,6 +141,7 @@ def table(rows: list[Row], metric: str) -> Table:
             _fmt(r.best_top5, "pct"),
             _fmt(r.train_loss),
             _fmt(r.images_per_s, "rate"),
+            _fmt(r.mfu, "pct"),
             str(r.epochs),
             r.status,
         )
@@ -175,7 +179,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--project", default="alexnet", help="W&B project (entity/project) for --source wandb")
     p.add_argument("--metric", default="val/top1", help="the metric to rank by (higher is better)")
     p.add_argument("--plot", help="write a PNG of the metric against epoch, one line per run")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON (for scripts) instead of a table")
     return p
+
+
+def as_json(rows: list[Row]) -> str:
+    """The table's rows as data, best first: the differing settings and the figures."""
+    keys = differing_keys(rows)
+    fields = ("best", "best_top5", "train_loss", "images_per_s", "mfu", "epochs", "status")
+    out = [{"run": r.name, "settings": {k: r.settings.get(k) for k in keys}, **{f: getattr(r, f) for f in fields}}
+           for r in rows]  # fmt: skip
+    return json.dumps(out, indent=1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -194,7 +208,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no runs found in {where}{args.storage}; pass --storage or --group", file=sys.stderr)
         return 2
     rows.sort(key=lambda r: -math.inf if r.best is None else r.best, reverse=True)
-    Console(width=200).print(table(rows, args.metric))
+    if args.json:
+        print(as_json(rows))
+    else:
+        Console(width=200).print(table(rows, args.metric))
     if args.plot:
         plot(rows, args.metric, args.plot)
         print(f"plot written to {args.plot}")

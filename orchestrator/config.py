@@ -238,6 +238,16 @@ class EvalConfig:
 
 
 @dataclass
+class PerfConfig:
+    # Every this many steps, on the split path (a tower per device), one batch is also run
+    # with each tower's forward and backward and the crossings timed apart (0: never).
+    profile_every_steps: int = 500
+
+    def __post_init__(self) -> None:
+        at_least("perf.profile_every_steps", self.profile_every_steps, 0)
+
+
+@dataclass
 class SweepConfig:
     parallel: int = 1  # multirun jobs at once; each needs nodes x gpus_per_worker GPUs
 
@@ -256,6 +266,7 @@ class TrainConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    perf: PerfConfig = field(default_factory=PerfConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     experiment: str = "demo"
     batch_size: int = 128  # per worker

@@ -32,6 +32,13 @@ log = logging.getLogger("orchestrator.local")
 
 def fit(config: TrainConfig, rank: int | None = None, world: int | None = None) -> None:
     """One worker's whole run; rank and world default to torchrun's environment."""
+    world = world or int(os.environ.get("WORLD_SIZE", 1))
+    # The global batch (and a linearly scaled lr) counts the processes started; each takes its
+    # share of this machine's GPUs unless told (2 at most: the paper's split).
+    config.cluster.nodes = world
+    if config.cluster.gpus_per_worker is None:
+        per_process = torch.cuda.device_count() // int(os.environ.get("LOCAL_WORLD_SIZE", world))
+        config.cluster.gpus_per_worker = min(2, per_process)
     folder = RunFolder(config.storage.url, config.run_name, config.storage.options)
     cluster = TorchCluster(folder, config.cluster.gpus_per_worker, config.checkpoint.keep, rank, world)
     try:
@@ -56,12 +63,6 @@ def main(cfg: DictConfig) -> None:
     except ConfigError as err:
         log.error("%s", err)
         sys.exit(2)
-    # The global batch (and a linearly scaled lr) counts the processes torchrun started; each
-    # takes its share of this machine's GPUs unless told (2 at most: the paper's split).
-    config.cluster.nodes = int(os.environ.get("WORLD_SIZE", 1))
-    if config.cluster.gpus_per_worker is None:
-        per_process = torch.cuda.device_count() // int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-        config.cluster.gpus_per_worker = min(2, per_process)
     fit(config)
 
 

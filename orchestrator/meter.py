@@ -40,6 +40,7 @@ class Meter:
 
     def read(self) -> dict[str, float]:
         elapsed = time.perf_counter() - self.start
+        step_s = elapsed / max(1, self.batches)  # every rank takes the same steps
         counts = torch.tensor([self.seen, self.batches, self.skipped], dtype=torch.float64, device=self.device)
         totals = self.all_reduce(torch.cat([torch.stack([self.loss, self.correct]), counts]))
         loss, correct, seen, batches, skipped = totals.tolist()
@@ -58,6 +59,7 @@ class Meter:
             "images_per_s": seen / elapsed,
             "data_wait": self.waited / elapsed,
             "data/skipped": self.total_skipped,
+            "step_s": step_s,
         }
         self.reset()
         return metrics

@@ -141,13 +141,16 @@ class RunRecord:
         lines = self.metric_lines(key)
         return lines[-1][key] if lines else None
 
-    def images_per_s(self) -> float | None:
-        """Median over the last epoch's reports: steady state, not the warm-up."""
-        lines = self.metric_lines("images_per_s")
+    def steady(self, key: str) -> float | None:
+        """Median of `key` over the last epoch's reports: steady state, not the warm-up."""
+        lines = self.metric_lines(key)
         if not lines:
             return None
         last_epoch = lines[-1]["epoch"]
-        return statistics.median(line["images_per_s"] for line in lines if line["epoch"] == last_epoch)
+        return statistics.median(line[key] for line in lines if line["epoch"] == last_epoch)
+
+    def images_per_s(self) -> float | None:
+        return self.steady("images_per_s")
 
     def epochs_done(self) -> int:
         return len({line["epoch"] for line in self.metric_lines("val/top1")})

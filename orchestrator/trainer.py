@@ -16,6 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
+from model.profile import profile_split_step
+from model.profile import summarize as summarize_profile
+from model.summary import train_flops_per_image
 from orchestrator import checkpoint
 from orchestrator.cluster import Cluster
 from orchestrator.config import TrainConfig, public_config
@@ -35,6 +38,7 @@ from orchestrator.evaluation import evaluate
 from orchestrator.logs import setup as setup_logging
 from orchestrator.meter import Meter
 from orchestrator.network import autocast, build_model, make_optimizer
+from orchestrator.perf import Speed, peak_flops
 from orchestrator.runs import RunFolder
 from orchestrator.schedule import Schedule
 from orchestrator.tracking import NullTracker, Tracker
@@ -85,6 +89,10 @@ class Trainer:
         short_side = self.manifest.settings.get("resize", config.model.input_size)
         self.augment = Augment(data.augment, config.model.input_size, short_side)
         self.meter = Meter(dev_a, cluster.all_reduce, data.max_skipped_fraction)
+        dtype = torch.bfloat16 if config.precision == "bf16" else torch.float32
+        peak = peak_flops(dev_a, dtype) * len({dev_a, dev_b})
+        self.speed = Speed(train_flops_per_image(self.model), peak, cluster.world)
+        self.val_seconds = 0.0  # the last validation's, for the ETA
 
     # --- the run, top to bottom
     def fit(self) -> None:
@@ -119,7 +127,11 @@ class Trainer:
         for images, labels, skipped in stream.batches(c.data.workers, pin_memory=self.device.type == "cuda"):
             waited = time.perf_counter() - tick
             labels = labels.to(self.device, non_blocking=True)
-            logits, loss = self.step(self.transform(images, train=True), labels)
+            x = self.transform(images, train=True)
+            every = c.perf.profile_every_steps
+            if every and (pos.step + 1) % every == 0 and self.model.placement.split_path:
+                self.profile(epoch, x, labels)
+            logits, loss = self.step(x, labels)
             pos.step += 1
             pos.batch += 1
             self.meter.add(loss, logits, labels, skipped, waited)
@@ -142,14 +154,36 @@ class Trainer:
         self.schedule.after_step()
         return logits, loss
 
+    def profile(self, epoch: int, x: torch.Tensor, labels: torch.Tensor) -> None:
+        """This batch once more, each tower's forward and backward and the crossings timed
+        apart; its random numbers and gradients are thrown away, so training is unchanged."""
+        cuda = [d for d in {self.model.placement.tower_a, self.model.placement.tower_b} if d.type == "cuda"]
+        with torch.random.fork_rng(devices=cuda):
+            parts = profile_split_step(self.model, x, labels, lambda: autocast(self.device, self.config.precision))
+        self.optimizer.zero_grad(set_to_none=True)
+        figures = summarize_profile(parts)
+        self.tracker.log(self.position.step, epoch, {f"perf/{k}": v for k, v in figures.items()})
+        log.info(
+            "profile: tower A %.1f ms, tower B %.1f ms (imbalance %.0f%%), crossings %.1f ms (%.0f%% of the step)",
+            figures["tower_a_ms"], figures["tower_b_ms"], 100 * figures["tower_imbalance"],
+            figures["crossings_ms"], 100 * figures["crossing_share"],
+        )  # fmt: skip
+
     def log_train(self, epoch: int) -> None:
-        metrics = {**self.meter.read(), "lr": self.optimizer.param_groups[0]["lr"]}
         pos = self.position
+        metrics = self.meter.read()
+        step_s = metrics.pop("step_s")
+        epochs_after = self.config.epochs - epoch - 1
+        run_left = self.val_seconds + epochs_after * (self.steps * step_s + self.val_seconds)
+        perf = self.speed.metrics(
+            metrics["images_per_s"], metrics["data_wait"], step_s, self.steps - pos.batch, run_left
+        )
+        metrics.update(perf, lr=self.optimizer.param_groups[0]["lr"])
         self.tracker.log(pos.step, epoch, metrics)
         log.info(
-            "epoch %d/%d batch %d/%d step %d loss %.3f top1 %.1f%% lr %.2g %s img/s data-wait %.0f%%",
+            "epoch %d/%d batch %d/%d step %d loss %.3f top1 %.1f%% lr %.2g | %s",
             epoch + 1, self.config.epochs, pos.batch, self.steps, pos.step, metrics["train/loss"],
-            100 * metrics["train/top1"], metrics["lr"], f"{metrics['images_per_s']:,.0f}", 100 * metrics["data_wait"],
+            100 * metrics["train/top1"], metrics["lr"], Speed.describe(perf),
         )  # fmt: skip
 
     def validate(self) -> dict[str, float]:
@@ -160,9 +194,12 @@ class Trainer:
             batch_size=c.batch_size, size=c.model.input_size, ten_crop=c.eval.ten_crop,
         )  # fmt: skip
         batches = loader(val, c.data.workers, pin_memory=self.device.type == "cuda")
-        return evaluate(
+        start = time.perf_counter()
+        metrics = evaluate(
             self.model, batches, self.transform, lambda: autocast(self.device, c.precision), self.cluster.all_reduce
         )
+        self.val_seconds = time.perf_counter() - start
+        return metrics
 
     def end_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         pos = self.position

@@ -25,25 +25,27 @@ def make_run(
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     lines = []
     for epoch, top1 in enumerate(tops):
-        lines.append({"step": epoch * 10 + 5, "epoch": epoch, "train/loss": 2.0 - top1, "images_per_s": 100.0})
+        speed = {"images_per_s": 100.0 * (1 + epoch), "perf/mfu": 0.125 * (1 + epoch)}
+        lines.append({"step": epoch * 10 + 5, "epoch": epoch, "train/loss": 2.0 - top1, **speed})
         lines.append({"step": epoch * 10 + 10, "epoch": epoch, "val/top1": top1, "val/top5": min(1, top1 + 0.3)})
     lines.append({"event": status})
     (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
 
 
-def test_table_sorted_best_first_with_only_differing_keys(tmp_path, capsys):
+def test_runs_sorted_best_first_with_only_differing_keys(tmp_path, capsys):
     make_run(tmp_path, "a", 0.01, 0.5, [0.2, 0.4])
     make_run(tmp_path, "b", 0.02, 0.5, [0.3, 0.7])
     make_run(tmp_path, "c", 0.02, 0.3, [0.1, 0.5])
     make_run(tmp_path, "d", 0.01, 0.3, [], status="failed")
+    assert main(["--storage", str(tmp_path), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["run"] for r in rows] == ["b", "c", "a", "d"]
+    assert set(rows[0]["settings"]) == {"optim.lr", "model.dropout"}  # not momentum, width or seed
+    assert (rows[0]["best"], rows[0]["status"], rows[-1]["status"]) == (0.7, "finished", "failed")
+    assert (rows[0]["images_per_s"], rows[0]["mfu"], rows[0]["epochs"]) == (200.0, 0.25, 2)  # the last epoch's
     assert main(["--storage", str(tmp_path), "--plot", str(tmp_path / "p.png")]) == 0
     out = capsys.readouterr().out
-    header = next(line for line in out.splitlines() if "run" in line and "status" in line)
-    assert "optim.lr" in header and "model.dropout" in header
-    assert "momentum" not in out and "width" not in out and "seed" not in header
-    order = [line.split("│")[1].strip() for line in out.splitlines() if line.startswith("│")]
-    assert order == ["b", "c", "a", "d"]
-    assert "70.0%" in out and "failed" in out
+    assert "optim.lr" in out and "70.0%" in out and "MFU" in out and "25.0%" in out
     with Image.open(tmp_path / "p.png") as img:
         assert img.format == "PNG" and img.size[0] > 100
 
@@ -51,9 +53,8 @@ def test_table_sorted_best_first_with_only_differing_keys(tmp_path, capsys):
 def test_group_filter_and_empty_storage(tmp_path, capsys):
     make_run(tmp_path, "a", 0.01, 0.5, [0.2], group="g1")
     make_run(tmp_path, "b", 0.02, 0.5, [0.3], group="g2")
-    assert main(["--storage", str(tmp_path), "--group", "g2"]) == 0
-    out = capsys.readouterr().out
-    assert "│ b" in out and "│ a" not in out
+    assert main(["--storage", str(tmp_path), "--group", "g2", "--json"]) == 0
+    assert [r["run"] for r in json.loads(capsys.readouterr().out)] == ["b"]
     assert main(["--storage", str(tmp_path / "nothing")]) == 2
     assert "no runs found" in capsys.readouterr().err
 

@@ -71,10 +71,19 @@ def test_training_goes_on_over_corrupt_data_until_too_much_is_lost(local_ray, ti
 
 
 def ray_train_workers() -> list[psutil.Process]:
-    found = []
-    for p in psutil.process_iter(["cmdline"]):
+    """The Ray Train worker processes themselves, not their DataLoader processes (forked from
+    them, so they carry the same command line)."""
+
+    def is_worker(p: psutil.Process) -> bool:
         try:
-            if "RayTrainWorker" in " ".join(p.info["cmdline"] or []):
+            return "RayTrainWorker" in " ".join(p.cmdline() or [])
+        except psutil.Error:
+            return False
+
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if is_worker(p) and not (p.parent() and is_worker(p.parent())):
                 found.append(p)
         except psutil.Error:
             continue

@@ -56,8 +56,8 @@ def test_every_activation_shape_matches_the_paper():
     model.pool.register_forward_hook(lambda m, i, o: pools.append(o))
     with torch.no_grad():
         out = model(torch.zeros(1, 3, 224, 224))
-    # The shared pool runs tower A then tower B at each of its three stages.
-    seen.update({"pool1": pools[0], "pool2": pools[2], "pool5": pools[4]})
+    # The shared pool runs tower A's C1-C2 segment (pool1, pool2), then B's, then A's and B's pool5.
+    seen.update({"pool1": pools[0], "pool2": pools[1], "pool5": pools[4]})
     both = {n: (2 * o.shape[1], *o.shape[2:]) for n, o in seen.items()}
     both["fc8"] = tuple(out.shape[1:])
     assert both == PAPER_SHAPES
@@ -289,3 +289,60 @@ def test_dropout_drops_the_outputs_of_f6_and_f7_as_in_the_paper(fused):
         assert dropped.float().mean() > 0.3, f"the input of {name} is not dropped in train mode"
     kept = train["fc7"] != 0  # F7 reads F6's neurons: the survivors are scaled by 1 / (1 - p)
     torch.testing.assert_close(train["fc7"][kept], 2 * evaluation["fc7"][kept])
+
+
+@pytest.mark.parametrize(("width", "size"), [(1.0, 224), (0.25, 112)])
+def test_flops_per_image_come_from_the_layer_table(width, size):
+    """The layer table's forward FLOPs are exactly what torch's flop counter sees in a forward
+    pass; training adds twice that for the backward, less C1's unneeded input gradient."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from model.summary import train_flops_per_image
+
+    model = AlexNet(num_classes=1000, width=width, input_size=size)
+    table = layer_table(model)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.randn(1, 3, size, size))
+    assert sum(row.flops for row in table) == counter.get_total_flops()
+    assert train_flops_per_image(model) == 3 * counter.get_total_flops() - table[0].flops
+    if width == 1.0:
+        assert train_flops_per_image(model) == 4_135_610_496  # torchvision's AlexNet: 4.14e9 as well
+
+
+def test_the_profiled_step_times_each_part_and_keeps_the_gradients():
+    """Cut at every crossing, the step's gradients are the uncut step's; the parts (each
+    tower's forward and backward, the crossings) add up to about one ordinary step."""
+    import statistics
+    import time
+
+    from model.profile import profile_split_step, summarize
+
+    model = mini(dropout=0.0).train().place("cpu", "cpu", fused=False)
+    x, y = torch.randn(16, 3, 67, 67), torch.randint(0, 10, (16,))
+
+    def plain_step() -> float:
+        model.zero_grad(set_to_none=True)
+        start = time.perf_counter()
+        F.cross_entropy(model(x), y).backward()
+        return time.perf_counter() - start
+
+    plain_step()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    parts = profile_split_step(model, x, y)
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.grad, expected[name], rtol=1e-4, atol=1e-6, msg=name)
+    assert set(parts) == {f"tower_{t}_{p}" for t in "ab" for p in ("forward", "backward")} | {
+        "crossings",
+        "loss",
+        "total",
+    }
+    assert all(seconds > 0 for seconds in parts.values())
+    step = statistics.median(plain_step() for _ in range(5))
+    total = []
+    for _ in range(5):
+        model.zero_grad(set_to_none=True)
+        total.append(profile_split_step(model, x, y)["total"])
+    assert 0.6 < statistics.median(total) / step < 1.6
+    figures = summarize(parts)
+    assert 0 <= figures["tower_imbalance"] < 1 and 0 < figures["crossing_share"] < 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -49,15 +50,13 @@ def test_lr_by_dropout_sweep_with_a_failing_job(tiny_shards, tmp_path, capsys):
     assert len(folders) == 6 and len({f.split("_")[0] for f in folders}) == 1  # one group
     png = tmp_path / "sweep.png"
     assert compare(["--storage", runs, "--plot", str(png)]) == 0
-    out = capsys.readouterr().out
-    rows = [line for line in out.splitlines() if line.startswith("│")]
+    capsys.readouterr()
+    assert compare(["--storage", runs, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
     assert len(rows) == 6
-    header = next(line for line in out.splitlines() if "status" in line)
-    assert "optim.lr" in header and "model.dropout" in header
-    statuses = [row.split("│")[-2].strip() for row in rows]
-    assert statuses == ["finished"] * 4 + ["failed"] * 2  # best first, failures last
-    best = [cell.strip() for cell in header.split("┃")].index("best val/top1")
-    tops = [float(row.split("│")[best].strip().rstrip("%")) for row in rows[:4]]
+    assert {"optim.lr", "model.dropout"} <= set(rows[0]["settings"])
+    assert [r["status"] for r in rows] == ["finished"] * 4 + ["failed"] * 2  # best first, failures last
+    tops = [r["best"] for r in rows[:4]]
     assert tops == sorted(tops, reverse=True)
     with Image.open(png) as img:
         assert img.format == "PNG"

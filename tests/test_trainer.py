@@ -165,3 +165,24 @@ def test_only_rank_zero_speaks_below_warnings(capsys):
         assert capsys.readouterr().out == "a step line\n"
     finally:
         setup(rank=0)
+
+
+def test_profiling_the_towers_leaves_training_unchanged(tiny_shards, tmp_path, monkeypatch):
+    """On the split path, every perf.profile_every_steps steps one batch is also run with the
+    towers and crossings timed apart: the figures reach the metrics, the losses stay the same."""
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    runs = str(tmp_path / "runs")
+    common = {"model.placement": "split", "log_every_steps": 1}
+    fit(config(tiny_shards, runs, run_name="profiled", **common, **{"perf.profile_every_steps": 3}))
+    fit(config(tiny_shards, runs, run_name="plain", **common, **{"perf.profile_every_steps": 0}))
+    profiled, plain = lines(os.path.join(runs, "profiled")), lines(os.path.join(runs, "plain"))
+    profiles = [line for line in profiled if "perf/tower_a_ms" in line]
+    assert [line["step"] for line in profiles] == [2, 5, 8, 11, 14, 17]  # before steps 3, 6, ...
+    assert all(0 < line["perf/crossing_share"] < 1 and line["perf/tower_b_ms"] > 0 for line in profiles)
+
+    def losses(record):
+        return [(line["step"], line["train/loss"]) for line in record if "train/loss" in line]
+
+    assert losses(profiled) == losses(plain)
+    speed = next(line for line in plain if "perf/mfu" in line)
+    assert 0 < speed["perf/mfu"] < 1 and speed["perf/eta_run_s"] >= speed["perf/eta_epoch_s"] >= 0

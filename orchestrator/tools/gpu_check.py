@@ -35,7 +35,7 @@ from rich.table import Table
 
 from model import AlexNet
 from orchestrator.config import REPO_ROOT
-from orchestrator.tools.bench import machine, matmul_flops_per_s, timed, train_flops, train_step_rate
+from orchestrator.tools.bench import image_flops, machine, matmul_flops_per_s, timed, train_step_rate
 
 SKIPPED = "skipped: needs CUDA"
 
@@ -147,8 +147,7 @@ def train(check: Check, shards: str, runs: str) -> dict[str, Any]:
 def bench(check: Check) -> dict[str, Any]:
     """The model alone: ours vs torchvision's, fp32 / bf16, compile off / on."""
     batch, repeats = (256, 10) if check.cuda else (4, 1)
-    x = torch.randn(2, 3, 224, 224)
-    flops = {"ours": train_flops(AlexNet(), x) / 2, "torchvision": train_flops(torchvision.models.alexnet(), x) / 2}
+    flops = image_flops()
     peak = matmul_flops_per_s(check.device, torch.bfloat16, check.sync, n=8192 if check.cuda else 256)
     out: dict[str, Any] = {"batch": batch, "gflop_per_image": {k: round(v / 1e9, 3) for k, v in flops.items()},
                            "matmul_bf16_tflops": round(peak / 1e12, 1)}  # fmt: skip
