@@ -70,19 +70,38 @@ class _LRN(torch.autograd.Function):
         return grad, None, None, None, None, None
 
 
+def _lrn(x: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int) -> torch.Tensor:
+    """The same function as plain ops, for torch.compile to fuse: forward and backward each
+    become a few passes over the activation instead of one per op."""
+    return x * _window_mean(x * x, size, groups).mul(alpha).add(k).pow(-beta)
+
+
+_lrn_compiled = torch.compile(_lrn, dynamic=False)
+LRN_MODES = ("eager", "compiled")
+
+
 class LocalResponseNorm(nn.Module):
     """The paper's local response normalisation across channels, x / (k + alpha * mean(x^2))^beta
     over a window of `size` adjacent channels, applied within each of `groups` towers.
 
     The same function as torch.nn.LocalResponseNorm on each tower (the tests check values and
     gradients), but torch's version pads, runs a 3-D average pool and leaves the backward to
-    autograd: that was ~45% of a CPU training step in fp32 and ~75% in bf16 (make bench)."""
+    autograd: that was ~45% of a CPU training step in fp32 and ~75% in bf16 (make bench).
+    eager: the window mean as a 1-D pool on channels-last memory, backward written out.
+    compiled: the same math fused by torch.compile (Inductor: C++ on the CPU, Triton on GPUs),
+    1.6x faster than eager for forward + backward on 64x96x55x55 here in fp32, 1.7x in bf16."""
 
-    def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0) -> None:
+    def __init__(
+        self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0, mode: str = "eager"
+    ) -> None:
         super().__init__()
-        self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
+        if mode not in LRN_MODES:
+            raise ValueError(f"LRN mode must be one of {LRN_MODES}, got {mode!r}")
+        self.size, self.alpha, self.beta, self.k, self.mode = size, alpha, beta, k, mode
 
     def forward(self, x: torch.Tensor, groups: int = 1) -> torch.Tensor:
+        if self.mode == "compiled":
+            return _lrn_compiled(x, self.size, self.alpha, self.beta, self.k, groups)
         return _LRN.apply(x, self.size, self.alpha, self.beta, self.k, groups)
 
 
@@ -141,6 +160,7 @@ class AlexNet(nn.Module):
         width: float = 1.0,
         input_size: int = PAPER_INPUT_SIZE,
         init: str = "paper",
+        lrn: str = "eager",
     ) -> None:
         super().__init__()
         if num_classes < 2:
@@ -162,7 +182,7 @@ class AlexNet(nn.Module):
         self.tower_a = Tower(self.widths, pooled, classes_a)
         self.tower_b = Tower(self.widths, pooled, num_classes - classes_a)
         # Applied within each tower, as on the authors' GPUs: k=2, n=5, alpha=1e-4, beta=0.75.
-        self.lrn = LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)
+        self.lrn = LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0, mode=lrn)
         self.pool = nn.MaxPool2d(3, stride=2)
         self.dropout = nn.Dropout(dropout)
         self.reset_parameters(init)

@@ -13,7 +13,12 @@ from orchestrator.config import ModelConfig, OptimConfig
 
 def build_model(config: ModelConfig, num_classes: int) -> AlexNet:
     return AlexNet(
-        num_classes, dropout=config.dropout, width=config.width, input_size=config.input_size, init=config.init
+        num_classes,
+        dropout=config.dropout,
+        width=config.width,
+        input_size=config.input_size,
+        init=config.init,
+        lrn=config.lrn,
     )
 
 

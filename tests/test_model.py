@@ -346,3 +346,22 @@ def test_the_profiled_step_times_each_part_and_keeps_the_gradients():
     assert 0.6 < statistics.median(total) / step < 1.6
     figures = summarize(parts)
     assert 0 <= figures["tower_imbalance"] < 1 and 0 < figures["crossing_share"] < 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compiled_lrn_is_the_same_function(dtype):
+    """model.lrn=compiled (torch.compile's fused kernels) against the hand-written backward."""
+    from model.alexnet import LocalResponseNorm
+
+    x = torch.randn(4, 16, 9, 9).to(dtype).contiguous(memory_format=torch.channels_last)
+    grads, outs = [], []
+    for mode in ("eager", "compiled"):
+        leaf = x.detach().requires_grad_()
+        out = LocalResponseNorm(mode=mode)(leaf * 20, groups=2)  # large enough for the norm to bite
+        out.float().square().sum().backward()
+        outs.append(out.float())
+        grads.append(leaf.grad.float())
+    # bf16: Inductor computes inside its fused kernel in fp32, eager rounds after every op
+    tol = 1e-5 if dtype == torch.float32 else 5e-2
+    torch.testing.assert_close(outs[1], outs[0], rtol=tol, atol=tol * outs[0].abs().max().item())
+    torch.testing.assert_close(grads[1], grads[0], rtol=tol, atol=tol * grads[0].abs().max().item())

@@ -101,7 +101,8 @@ def matmul_flops_per_s(device: str, dtype: torch.dtype, sync: Callable[[], None]
 def bench_train_step(device: str = "cpu", batch: int = BATCH, repeats: int = 3) -> dict[str, float]:
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     torch.manual_seed(0)
-    ours = AlexNet().place(device)
+    ours = AlexNet(lrn="compiled").place(device)  # as training runs it (model.lrn=compiled)
+    eager = AlexNet(lrn="eager").place(device)
     theirs = torchvision.models.alexnet()
     flops = image_flops()
     out: dict[str, float] = {
@@ -110,6 +111,7 @@ def bench_train_step(device: str = "cpu", batch: int = BATCH, repeats: int = 3) 
     }
     for precision, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
         out[f"train_{precision}_images_per_s"] = train_step_rate(ours, device, dtype, batch, repeats, sync)
+        out[f"train_{precision}_eager_lrn_images_per_s"] = train_step_rate(eager, device, dtype, batch, repeats, sync)
         out[f"torchvision_{precision}_images_per_s"] = train_step_rate(theirs, device, dtype, batch, repeats, sync)
         out[f"matmul_{precision}_flops_per_s"] = matmul_flops_per_s(device, dtype or torch.float32, sync)
     return out
