@@ -8,7 +8,9 @@ import torch
 def tower_devices(devices: list[torch.device], placement: str) -> tuple[torch.device, torch.device, bool]:
     """(tower A's device, tower B's device, fused).
 
-    auto: two devices -> one tower on each (the paper's split); one -> both there, fused.
+    auto: two devices -> one tower on each (the paper's split); one GPU -> both there, as
+    grouped convolutions; the CPU -> both there through the two-tower code path, whose dense
+    convolutions oneDNN runs ~10% faster than grouped ones (make bench, fp32 and bf16).
     split: the two-device code path, on one device when only one exists.
     single: both towers on the first device, as grouped convolutions.
     """
@@ -20,4 +22,4 @@ def tower_devices(devices: list[torch.device], placement: str) -> tuple[torch.de
         return first, first, True
     if placement == "split":
         return first, second, False
-    return first, second, first == second
+    return first, second, first == second and first.type != "cpu"

@@ -37,6 +37,7 @@ from torchvision.transforms import v2
 from model import AlexNet
 from model.summary import train_flops_per_image
 from orchestrator.config import REPO_ROOT
+from orchestrator.devices import tower_devices
 
 BATCH = 64
 
@@ -101,8 +102,10 @@ def matmul_flops_per_s(device: str, dtype: torch.dtype, sync: Callable[[], None]
 def bench_train_step(device: str = "cpu", batch: int = BATCH, repeats: int = 3) -> dict[str, float]:
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     torch.manual_seed(0)
-    ours = AlexNet(lrn="compiled").place(device)  # as training runs it (model.lrn=compiled)
-    eager = AlexNet(lrn="eager").place(device)
+    # as training runs it: model.lrn=compiled, the towers placed as model.placement=auto places them
+    placement = tower_devices([torch.device(device)], "auto")
+    ours = AlexNet(lrn="compiled").place(*placement)
+    eager = AlexNet(lrn="eager").place(*placement)
     theirs = torchvision.models.alexnet()
     flops = image_flops()
     out: dict[str, float] = {
