@@ -88,7 +88,7 @@ class ModelConfig:
     dropout: float = 0.5
     init: str = "paper"  # paper | kaiming
     placement: str = "auto"  # auto | split | single
-    # compiled: the LRN fused by torch.compile (1.25x a whole CPU train step, make bench); eager:
+    # compiled: the LRN fused by torch.compile (1.14-1.18x a whole CPU train step, make bench); eager:
     # the hand-written backward, no compile at start
     lrn: str = "compiled"
 
