@@ -39,3 +39,15 @@ def test_without_cuda_the_real_run_says_what_to_do(tmp_path):
     assert proc.returncode == 2 and proc.stderr.strip() == (
         "error: no CUDA device here; run make gpu-check DRY=1 to check the script itself"
     )
+
+
+def test_the_benchmarked_net_runs_where_its_weights_are():
+    """The bench moves models with .to(device); ours must also be placed there, or its forward
+    would send the input back to the CPU (what a GPU run would have hit)."""
+    import torch
+
+    from orchestrator.tools.gpu_check import ours
+
+    model = ours("cpu")
+    assert model.placement.tower_a == torch.device("cpu") and not model.placement.fused
+    assert model.lrn.mode == "compiled"

@@ -35,6 +35,7 @@ from rich.table import Table
 
 from model import AlexNet
 from orchestrator.config import REPO_ROOT
+from orchestrator.devices import tower_devices
 from orchestrator.tools.bench import image_flops, machine, matmul_flops_per_s, timed, train_step_rate
 
 SKIPPED = "skipped: needs CUDA"
@@ -144,6 +145,10 @@ def train(check: Check, shards: str, runs: str) -> dict[str, Any]:
     }
 
 
+def ours(device: str) -> AlexNet:
+    return AlexNet(lrn="compiled").place(*tower_devices([torch.device(device)], "auto"))
+
+
 def bench(check: Check) -> dict[str, Any]:
     """The model alone: ours vs torchvision's, fp32 / bf16, compile off / on."""
     batch, repeats = (256, 10) if check.cuda else (4, 1)
@@ -156,9 +161,11 @@ def bench(check: Check) -> dict[str, Any]:
         for precision, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
             if compiled and precision == "fp32":
                 continue  # compile costs minutes; bf16 is the mode that matters on a GPU
-            for name, build in (("ours", AlexNet), ("torchvision", torchvision.models.alexnet)):
+            for name in ("ours", "torchvision"):
                 torch.manual_seed(0)
-                model = build()
+                # ours as training runs it on one device (placed there: its forward follows its
+                # placement, not where .to() moved the weights), with the compiled LRN
+                model = ours(check.device) if name == "ours" else torchvision.models.alexnet()
                 if compiled:
                     model = torch.compile(model)
                 if check.cuda:
