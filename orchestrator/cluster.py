@@ -11,7 +11,6 @@ import os
 import tempfile
 from collections.abc import Iterator
 from datetime import timedelta
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -54,11 +53,17 @@ class Cluster:
 
 
 def local_devices(gpus: int, local_rank: int = 0) -> list[torch.device]:
-    """This process's devices: `gpus` CUDA devices from local_rank x gpus on, else the CPU."""
+    """This process's devices: `gpus` CUDA devices from local_rank x gpus on, else the CPU. A
+    lone process on a machine with fewer GPUs runs both towers on them (cuda:0 twice)."""
     count = torch.cuda.device_count()
     if gpus < 1 or count == 0:
         return [torch.device("cpu")]
     first = local_rank * gpus
+    if local_rank > 0 and first + gpus > count:
+        raise ValueError(
+            f"process {local_rank} would need GPUs {first}-{first + gpus - 1} but this machine has {count}; "
+            "lower cluster.gpus_per_worker or the number of processes"
+        )
     return [torch.device("cuda", (first + i) % count) for i in range(gpus)]
 
 
@@ -117,8 +122,3 @@ class TorchCluster(Cluster):
     def close(self) -> None:
         if self.owns_group and dist.is_initialized():
             dist.destroy_process_group()
-
-
-def describe(cluster: Cluster) -> dict[str, Any]:
-    """What a worker records at start: where it runs and on what."""
-    return {"rank": cluster.rank, "world": cluster.world, "devices": [str(d) for d in cluster.devices]}
