@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from orchestrator import checkpoint, storage
+from orchestrator.config import ConfigError
 from orchestrator.runs import CHECKPOINT_PREFIX, RunFolder
 
 
@@ -60,7 +61,7 @@ def local_devices(gpus: int, local_rank: int = 0) -> list[torch.device]:
         return [torch.device("cpu")]
     first = local_rank * gpus
     if local_rank > 0 and first + gpus > count:
-        raise ValueError(
+        raise ConfigError(
             f"process {local_rank} would need GPUs {first}-{first + gpus - 1} but this machine has {count}; "
             "lower cluster.gpus_per_worker or the number of processes"
         )

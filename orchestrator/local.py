@@ -60,10 +60,10 @@ def main(cfg: DictConfig) -> None:
         if int(os.environ.get("WORLD_SIZE", 1)) > 1 and cfg.run_name is None:
             raise ConfigError("several processes must name one run; add run_name=<name> to the command")
         config = prepare(cfg)
+        fit(config)
     except ConfigError as err:
         log.error("%s", err)
         sys.exit(2)
-    fit(config)
 
 
 if __name__ == "__main__":
