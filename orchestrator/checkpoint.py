@@ -10,7 +10,10 @@ from typing import Any
 
 import torch
 
+from shards.manifest import sha256_of
+
 STATE_FILE = "state.pt"
+CHECKSUM_FILE = "state.sha256"  # written with state.pt; a copy that does not match is damaged
 
 
 def _to_cpu(obj: Any) -> Any:
@@ -27,7 +30,27 @@ def save(folder: str, **state: Any) -> str:
     """Model (placement-independent keys), optimizer, schedule, position and config."""
     path = os.path.join(folder, STATE_FILE)
     torch.save(_to_cpu(state), path)
+    with open(path, "rb") as f:
+        digest = sha256_of(f)
+    with open(os.path.join(folder, CHECKSUM_FILE), "w") as f:
+        f.write(digest + "\n")
     return path
+
+
+def intact(folder: str) -> bool:
+    """Whether state.pt is the file that was saved: it matches the checksum recorded then (a
+    partial copy, bit rot or a truncation does not). Checkpoints from before checksums were
+    recorded cannot be checked and count as intact."""
+    path = os.path.join(folder, STATE_FILE)
+    if not os.path.isfile(path):
+        return False
+    try:
+        with open(os.path.join(folder, CHECKSUM_FILE)) as f:
+            recorded = f.read().strip()
+    except FileNotFoundError:
+        return True
+    with open(path, "rb") as f:
+        return sha256_of(f) == recorded
 
 
 def load(folder_or_file: str) -> dict[str, Any]:

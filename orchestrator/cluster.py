@@ -7,6 +7,7 @@ profiled without Ray."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
@@ -18,6 +19,8 @@ import torch.distributed as dist
 from orchestrator import checkpoint, storage
 from orchestrator.config import ConfigError
 from orchestrator.runs import CHECKPOINT_PREFIX, RunFolder
+
+log = logging.getLogger(__name__)
 
 
 class Cluster:
@@ -51,6 +54,32 @@ class Cluster:
     def restored_checkpoint(self) -> contextlib.AbstractContextManager[str | None]:
         """The newest checkpoint of this run as a local folder, or None for a fresh start."""
         raise NotImplementedError
+
+
+@contextlib.contextmanager
+def newest_intact(folder: RunFolder, names: list[str]) -> Iterator[str | None]:
+    """The first intact checkpoint of `names` (newest first), downloaded into a local folder;
+    each damaged one is named in a warning. None when there are no checkpoints at all; a
+    ConfigError saying how to start over when every one is damaged."""
+    damaged = []
+    for name in names:
+        with tempfile.TemporaryDirectory(prefix="alexnet-restore-") as local:
+            storage.get_dir(folder.path(name), local, folder.options)
+            if checkpoint.intact(local):
+                if damaged:
+                    log.warning(
+                        "checkpoint %s of run %s is damaged (its state.pt does not match the checksum saved with "
+                        "it); resuming from %s", ", ".join(damaged), folder.name, name,
+                    )  # fmt: skip
+                yield local
+                return
+        damaged.append(name)
+    if damaged:
+        raise ConfigError(
+            f"every checkpoint of run {folder.name} is damaged ({', '.join(damaged)}); start over with another "
+            f"run_name, or remove {folder.url}"
+        )
+    yield None
 
 
 def local_devices(gpus: int, local_rank: int = 0) -> list[torch.device]:
@@ -103,22 +132,12 @@ class TorchCluster(Cluster):
         storage.put_dir(folder, url, self.folder.options)
         if best:
             storage.copy_dir(url, self.folder.best_url, self.folder.options)
-        for old in self.checkpoints()[: -self.keep]:
+        for old in self.folder.checkpoints()[: -self.keep]:
             storage.remove_dir(self.folder.path(old), self.folder.options)
         checkpoint.discard(folder)
 
-    def checkpoints(self) -> list[str]:
-        return [d for d in storage.list_dirs(self.folder.url, self.folder.options) if d.startswith(CHECKPOINT_PREFIX)]
-
-    @contextlib.contextmanager
-    def restored_checkpoint(self) -> Iterator[str | None]:
-        names = self.checkpoints()
-        if not names:
-            yield None
-            return
-        with tempfile.TemporaryDirectory(prefix="alexnet-restore-") as local:
-            storage.get_dir(self.folder.path(names[-1]), local, self.folder.options)
-            yield local
+    def restored_checkpoint(self) -> contextlib.AbstractContextManager[str | None]:
+        return newest_intact(self.folder, self.folder.checkpoints()[::-1])
 
     def close(self) -> None:
         if self.owns_group and dist.is_initialized():

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
 
 import ray.train
 import ray.train.torch
 import torch
 
 from orchestrator import storage
-from orchestrator.cluster import Cluster
+from orchestrator.cluster import Cluster, newest_intact
 from orchestrator.config import TrainConfig
 from orchestrator.runs import RunFolder
 from orchestrator.trainer import Trainer
@@ -57,14 +56,14 @@ class RayCluster(Cluster):
             delete_local_checkpoint_after_upload=True,
         )
 
-    @contextlib.contextmanager
-    def restored_checkpoint(self) -> Iterator[str | None]:
+    def restored_checkpoint(self) -> contextlib.AbstractContextManager[str | None]:
+        """The newest intact checkpoint up to the one Ray registered last (a newer folder may
+        be a half-finished upload): Ray's own choice unless it is damaged."""
         restored = ray.train.get_checkpoint()
         if restored is None:
-            yield None
-            return
-        with restored.as_directory() as folder:
-            yield folder
+            return contextlib.nullcontext(None)
+        registered = restored.path.rstrip("/").rsplit("/", 1)[-1]
+        return newest_intact(self.folder, [n for n in self.folder.checkpoints()[::-1] if n <= registered])
 
 
 def train_loop(config: TrainConfig) -> None:

@@ -80,6 +80,10 @@ class RunFolder:
         """Beside the metrics when the run is local; else `elsewhere`, to `wandb sync` from."""
         return self.local or elsewhere
 
+    def checkpoints(self) -> list[str]:
+        """The names of the run's checkpoint folders, oldest first (their names sort by time)."""
+        return [d for d in storage.list_dirs(self.url, self.options) if d.startswith(CHECKPOINT_PREFIX)]
+
     def exists(self) -> bool:
         return storage.exists(self.metrics_url, self.options)
 

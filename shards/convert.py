@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from shards.destination import Destination
 from shards.image import PixelMoments, to_jpeg
-from shards.manifest import MANIFEST_NAME, ClassInfo, Manifest, ShardInfo, Skipped, Statistics
+from shards.manifest import MANIFEST_NAME, ClassInfo, Manifest, ShardInfo, Skipped, Statistics, sha256_of
 from shards.sources import Sample, Source
 
 PROGRESS_DIR = ".progress"
@@ -88,13 +88,6 @@ def plan_shards(split: str, samples: list[Sample], shard_size: int, seed: int) -
 
 def _record_name(shard: str) -> str:
     return f"{PROGRESS_DIR}/{shard}.json"
-
-
-def sha256_of(stream) -> str:
-    digest = hashlib.sha256()
-    for block in iter(lambda: stream.read(1 << 20), b""):
-        digest.update(block)
-    return digest.hexdigest()
 
 
 def write_shard(plan: ShardPlan, dest: Destination, settings: Settings, wnids: list[str]) -> ShardResult:

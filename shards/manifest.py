@@ -5,6 +5,7 @@ sha256), the classes, and the dataset statistics training needs (mean/std, PCA e
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -77,6 +78,14 @@ class Manifest:
             settings=raw.get("settings", {}),
             skipped=[Skipped(**s) for s in raw.get("skipped", [])],
         )
+
+
+def sha256_of(stream) -> str:
+    """The sha256 of a binary stream, read in 1 MiB blocks (what the manifest records per shard)."""
+    digest = hashlib.sha256()
+    for block in iter(lambda: stream.read(1 << 20), b""):
+        digest.update(block)
+    return digest.hexdigest()
 
 
 def manifest_url(root: str) -> str:

@@ -109,3 +109,20 @@ def test_shards_and_checkpoints_on_s3(local_ray, tiny_shards, s3_bucket, tmp_pat
     path.write_bytes(data)
     assert torch.load(path, weights_only=True)["position"]["epoch"] == 1
     assert "client_kwargs" in fs.cat(f"{bucket}/runs/s3run/config.yaml").decode()
+
+
+def test_resume_through_ray_skips_a_damaged_newest_checkpoint(local_ray, tiny_shards, tmp_path):
+    """Ray hands the workers its newest registered checkpoint; when that one's state.pt is
+    truncated, the run resumes from the intact one before it instead of failing three times."""
+    runs = str(tmp_path / "runs")
+    run(compose(*tiny_run_overrides(tiny_shards, runs, run_name="d", epochs=1)))
+    names = sorted(p for p in glob.glob(os.path.join(runs, "d", "checkpoint_*")) if os.path.isdir(p))
+    assert len(names) == 2
+    older_step = checkpoint.load(names[0])["position"]["step"]
+    state = os.path.join(names[-1], checkpoint.STATE_FILE)
+    with open(state, "r+b") as f:
+        f.truncate(os.path.getsize(state) // 3)
+    run(compose(*tiny_run_overrides(tiny_shards, runs, run_name="d", epochs=2, resume="true")))
+    record = lines(os.path.join(runs, "d"))
+    assert [line["step"] for line in record if line.get("event") == "resumed"] == [older_step]
+    assert record[-1]["event"] == "finished"

@@ -186,3 +186,33 @@ def test_profiling_the_towers_leaves_training_unchanged(tiny_shards, tmp_path, m
     assert losses(profiled) == losses(plain)
     speed = next(line for line in plain if "perf/mfu" in line)
     assert 0 < speed["perf/mfu"] < 1 and speed["perf/eta_run_s"] >= speed["perf/eta_epoch_s"] >= 0
+
+
+def test_a_damaged_checkpoint_is_skipped_for_the_newest_intact_one(tiny_shards, tmp_path, monkeypatch, capsys):
+    """The newest checkpoint's state.pt truncated (a partial copy, bit rot): resume goes on from
+    the one before, with a warning naming the damaged one; with every one damaged, one sentence
+    says how to start over."""
+    from orchestrator.config import ConfigError
+
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    runs = str(tmp_path / "runs")
+    fit(config(tiny_shards, runs, run_name="rot", **{"checkpoint.every_steps": 6}))
+    names = sorted(glob.glob(os.path.join(runs, "rot", "checkpoint_*")))
+    assert len(names) == 2
+    older_step = checkpoint.load(names[0])["position"]["step"]
+    state = os.path.join(names[-1], checkpoint.STATE_FILE)
+    with open(state, "r+b") as f:
+        f.truncate(os.path.getsize(state) // 2)
+    capsys.readouterr()
+    fit(config(tiny_shards, runs, run_name="rot", resume="true", epochs=2))
+    assert f"checkpoint {os.path.basename(names[-1])} of run rot is damaged" in capsys.readouterr().err
+    record = lines(os.path.join(runs, "rot"))
+    assert [line["step"] for line in record if line.get("event") == "resumed"] == [older_step]
+    assert record[-1]["event"] == "finished"
+
+    for name in glob.glob(os.path.join(runs, "rot", "checkpoint_*")):
+        with open(os.path.join(name, checkpoint.STATE_FILE), "ab") as f:
+            f.write(b"rot")
+    refusal = r"^every checkpoint of run rot is damaged .*start over with another run_name"
+    with pytest.raises(ConfigError, match=refusal):
+        fit(config(tiny_shards, runs, run_name="rot", resume="true", epochs=3))
