@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -235,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m orchestrator.tools.gpu_check", description=__doc__)
     parser.add_argument("--dry-run", action="store_true", help="on the CPU at toy sizes; skip what needs CUDA")
     parser.add_argument("--out", default=os.path.join(REPO_ROOT, "gpu-check.json"))
-    parser.add_argument("--work", default=None, help="folder for shards and runs (default: a temporary one)")
+    parser.add_argument("--work", default=None, help="folder for shards and runs, kept (default: a temporary one)")
     args = parser.parse_args(argv)
     check = Check(args.out, args.dry_run)
     if not check.cuda and not args.dry_run:
@@ -250,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     gpu_rate = check.results["steps"]["bench"].get("ours_bf16_images_per_s")
     check.step("data", lambda: data_path(check, shards["url"], gpu_rate))
     show(check.results)
+    if args.work is None:  # the demo shards and runs were only for this check
+        shutil.rmtree(work, ignore_errors=True)
     failed = [name for name, step in check.results["steps"].items() if step["status"] != "ok"]
     print(f"written to {args.out}" + (f"; FAILED: {', '.join(failed)}" if failed else ""), flush=True)
     return 1 if failed else 0
