@@ -3,6 +3,7 @@ Python values, so it loads with torch.load(weights_only=True): no code runs on l
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -60,10 +61,47 @@ def load(folder_or_file: str) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def stage() -> str:
-    """A new local folder to write one checkpoint into before it is handed on."""
-    return tempfile.mkdtemp(prefix="alexnet-checkpoint-")
+def staging_root(run_name: str) -> str:
+    """Where this machine stages the run's checkpoints before upload: one known place per run,
+    so whatever a dead process left there can be found and removed."""
+    return os.path.join(tempfile.gettempdir(), "alexnet-staging", run_name.replace(os.sep, "_"))
+
+
+def stage(run_name: str) -> str:
+    """A new local folder to write one checkpoint into before it is uploaded, named after this
+    process (`clear_stale` tells a dead one's leftovers by that); `discard` removes it after the
+    upload, whether the upload succeeded or not."""
+    root = staging_root(run_name)
+    os.makedirs(root, exist_ok=True)
+    return tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=root)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def clear_stale(run_name: str) -> None:
+    """Remove the staged checkpoints of this run's dead processes on this machine (a worker
+    killed mid-upload, a restarted job): each is a whole checkpoint (244 MB for the paper net)."""
+    root = staging_root(run_name)
+    for name in os.listdir(root) if os.path.isdir(root) else []:
+        pid = name.split("-", 1)[0]
+        if not (pid.isdigit() and _alive(int(pid))):
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+    _remove_if_empty(root)
 
 
 def discard(folder: str) -> None:
     shutil.rmtree(folder, ignore_errors=True)
+    _remove_if_empty(os.path.dirname(folder))
+
+
+def _remove_if_empty(folder: str) -> None:
+    with contextlib.suppress(OSError):  # not empty: another checkpoint of the run is staged there
+        os.rmdir(folder)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import tempfile
+import threading
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -19,6 +21,7 @@ import torch.distributed as dist
 from orchestrator import checkpoint, storage
 from orchestrator.config import ConfigError
 from orchestrator.runs import CHECKPOINT_PREFIX, RunFolder
+from orchestrator.stopping import Signals, describe
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,30 @@ class Cluster:
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(values)
         return values
+
+    def gather(self, value: object) -> list[object]:
+        """Every rank's `value`, in rank order (a collective)."""
+        if not (dist.is_available() and dist.is_initialized()):
+            return [value]
+        values: list[object] = [None] * self.world
+        dist.all_gather_object(values, value)
+        return values
+
+    def node(self) -> str:
+        """The machine this worker runs on, as its cluster names it."""
+        return socket.gethostname()
+
+    def whereabouts(self) -> dict[str, object]:
+        """Where this rank runs: its node, host and devices (GPU names included)."""
+        devices = [f"{d} {torch.cuda.get_device_name(d)}" if d.type == "cuda" else str(d) for d in self.devices]
+        return {"rank": self.rank, "node": self.node(), "host": socket.gethostname(), "devices": devices}
+
+    def stop_requested(self) -> bool:
+        """Whether this process was asked to stop; the Trainer makes all ranks agree on it."""
+        return False
+
+    def close(self) -> None:
+        """Release what the adapter holds (signal handlers, watchers, the process group)."""
 
     def report(self, metrics: dict[str, float], folder: str | None, best: bool = False) -> None:
         """Every rank calls this at the same points; rank 0 passes a checkpoint folder (which
@@ -123,22 +150,35 @@ class TorchCluster(Cluster):
                 world_size=self.world,
                 timeout=timedelta(minutes=10),
             )
+        # Ctrl-C reaches every process of the terminal's group; torchrun forwards SIGTERM.
+        self.signals = Signals(self._on_signal) if threading.current_thread() is threading.main_thread() else None
+
+    def _on_signal(self, signum: int) -> None:
+        if self.rank == 0:
+            log.warning("%s: checkpointing at this step and stopping (again to stop at once)", describe(signum))
+
+    def stop_requested(self) -> bool:
+        return self.signals is not None and self.signals.received
 
     def report(self, metrics: dict[str, float], folder: str | None, best: bool = False) -> None:
         if folder is None:
             return
         step = int(metrics["step"])
         url = self.folder.path(f"{CHECKPOINT_PREFIX}{step:09d}")
-        storage.put_dir(folder, url, self.folder.options)
+        try:
+            storage.put_dir(folder, url, self.folder.options)
+        finally:  # uploaded or not, the staged copy must not pile up on the disk
+            checkpoint.discard(folder)
         if best:
             storage.copy_dir(url, self.folder.best_url, self.folder.options)
         for old in self.folder.checkpoints()[: -self.keep]:
             storage.remove_dir(self.folder.path(old), self.folder.options)
-        checkpoint.discard(folder)
 
     def restored_checkpoint(self) -> contextlib.AbstractContextManager[str | None]:
         return newest_intact(self.folder, self.folder.checkpoints()[::-1])
 
     def close(self) -> None:
+        if self.signals is not None:
+            self.signals.restore()
         if self.owns_group and dist.is_initialized():
             dist.destroy_process_group()

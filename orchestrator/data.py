@@ -14,6 +14,7 @@ import hashlib
 import io
 import logging
 import random
+import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -373,6 +374,12 @@ class EvalStream(IterableDataset):
             yield decode_batch(batch, self._crops, skips)
 
 
+def _ignore_interrupts(worker_id: int) -> None:
+    """Loader processes leave Ctrl-C to the training process (the terminal sends it to the
+    whole process group): a loader that died of it would end the run before its checkpoint."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def loader(dataset: IterableDataset, workers: int, pin_memory: bool) -> DataLoader:
     """Batches are already made and seeded by the dataset. The DataLoader gets a generator of
     its own: starting its iterator would otherwise draw the loader processes' base seed from
@@ -386,6 +393,7 @@ def loader(dataset: IterableDataset, workers: int, pin_memory: bool) -> DataLoad
         persistent_workers=False,
         prefetch_factor=4 if workers else None,
         generator=torch.Generator(),
+        worker_init_fn=_ignore_interrupts,
     )
 
 

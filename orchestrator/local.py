@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import time
 
@@ -24,14 +25,16 @@ from orchestrator.config import ConfigError, TrainConfig, public_config, registe
 from orchestrator.job import prepare
 from orchestrator.logs import setup as setup_logging
 from orchestrator.runs import RunFolder
+from orchestrator.stopping import exit_code
 from orchestrator.trainer import Trainer
 
 register()
 log = logging.getLogger("orchestrator.local")
 
 
-def fit(config: TrainConfig, rank: int | None = None, world: int | None = None) -> None:
-    """One worker's whole run; rank and world default to torchrun's environment."""
+def fit(config: TrainConfig, rank: int | None = None, world: int | None = None) -> int:
+    """One worker's whole run; rank and world default to torchrun's environment. Returns the
+    exit code: 0, or 130/143 when Ctrl-C/SIGTERM stopped it (with a checkpoint there)."""
     world = world or int(os.environ.get("WORLD_SIZE", 1))
     # The global batch (and a linearly scaled lr) counts the processes started; each takes its
     # share of this machine's GPUs unless told (2 at most: the paper's split).
@@ -45,10 +48,12 @@ def fit(config: TrainConfig, rank: int | None = None, world: int | None = None) 
         if cluster.rank == 0:
             folder.write_config(public_config(config))
         start = time.perf_counter()
-        Trainer(config, cluster).fit()
+        if Trainer(config, cluster).fit() == "stopped":
+            return exit_code(cluster.signals.signum if cluster.signals and cluster.signals.signum else signal.SIGINT)
         if cluster.rank == 0:
             folder.event("finished", seconds=round(time.perf_counter() - start, 1))
             folder.drain()
+        return 0
     finally:
         cluster.close()
 
@@ -60,10 +65,14 @@ def main(cfg: DictConfig) -> None:
         if int(os.environ.get("WORLD_SIZE", 1)) > 1 and cfg.run_name is None:
             raise ConfigError("several processes must name one run; add run_name=<name> to the command")
         config = prepare(cfg)
-        fit(config)
+        code = fit(config)
     except ConfigError as err:
         log.error("%s", err)
         sys.exit(2)
+    except KeyboardInterrupt:  # a second Ctrl-C: at once, the run keeps its last checkpoint
+        log.error("stopped at once; resume=true continues from the run's last checkpoint")
+        sys.exit(exit_code(signal.SIGINT))
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -11,10 +11,11 @@ import ray.train
 import ray.train.torch
 import torch
 
-from orchestrator import storage
+from orchestrator import checkpoint, storage
 from orchestrator.cluster import Cluster, newest_intact
 from orchestrator.config import TrainConfig
 from orchestrator.runs import RunFolder
+from orchestrator.stopping import StopWatch
 from orchestrator.trainer import Trainer
 
 
@@ -36,13 +37,28 @@ class RayCluster(Cluster):
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         self.devices = ray.train.torch.get_devices() if torch.cuda.is_available() else [torch.device("cpu")]
         self.folder = folder
+        # Only rank 0 watches for the driver's stop request; the Trainer shares what it sees.
+        self.stop_watch = StopWatch(folder.stop_requested) if self.rank == 0 else None
+
+    def node(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
+    def stop_requested(self) -> bool:
+        return self.stop_watch is not None and self.stop_watch.requested
+
+    def close(self) -> None:
+        if self.stop_watch is not None:
+            self.stop_watch.close()
 
     def report(self, metrics: dict[str, float], folder: str | None, best: bool = False) -> None:
         def upload(ckpt: ray.train.Checkpoint, name: str) -> ray.train.Checkpoint:
             """Ray registers a checkpoint only after this returns, so a half-written one is
             never chosen for resume; the upload is retried through storage outages."""
             url = self.folder.path(name)
-            storage.put_dir(ckpt.path, url, self.folder.options)
+            try:
+                storage.put_dir(ckpt.path, url, self.folder.options)
+            finally:  # uploaded or failed for good, the staged copy must not pile up on the disk
+                checkpoint.discard(ckpt.path)
             if best:
                 storage.copy_dir(url, self.folder.best_url, self.folder.options)
             path, fs = storage.ray_storage(url, self.folder.options)
@@ -53,7 +69,7 @@ class RayCluster(Cluster):
             checkpoint=ray.train.Checkpoint.from_directory(folder) if folder else None,
             checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC,
             checkpoint_upload_fn=upload,
-            delete_local_checkpoint_after_upload=True,
+            delete_local_checkpoint_after_upload=False,  # `upload` removes it, also when it fails
         )
 
     def restored_checkpoint(self) -> contextlib.AbstractContextManager[str | None]:
@@ -69,4 +85,8 @@ class RayCluster(Cluster):
 def train_loop(config: TrainConfig) -> None:
     """One Ray Train worker."""
     folder = RunFolder(config.storage.url, config.run_name, config.storage.options)
-    Trainer(config, RayCluster(folder)).fit()
+    cluster = RayCluster(folder)
+    try:
+        Trainer(config, cluster).fit()
+    finally:
+        cluster.close()

@@ -4,6 +4,7 @@
                             metrics.jsonl    one JSON object per line: metrics and events
                             checkpoint_*/    the kept checkpoints (state.pt)
                             best/            a copy of the checkpoint with the best val top-1
+                            stop             present while a stop is requested (orchestrator/stopping.py)
 
 `RunFolder` writes a run (the driver's config.yaml and end event, rank 0's metrics); `RunRecord`
 reads one back (the end-of-run summary, `compare`)."""
@@ -28,6 +29,8 @@ CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
 BEST = "best"
 CHECKPOINT_PREFIX = "checkpoint_"
+STOP = "stop"
+END_EVENTS = ("finished", "failed", "stopped")
 
 
 class Uploads:
@@ -86,6 +89,18 @@ class RunFolder:
 
     def exists(self) -> bool:
         return storage.exists(self.metrics_url, self.options)
+
+    def request_stop(self, reason: str) -> None:
+        """Ask the run's workers to checkpoint and end (rank 0 watches for this file)."""
+        storage.write_text(self.path(STOP), json.dumps({"time": round(time.time(), 3), "reason": reason}), self.options)
+
+    def stop_requested(self) -> bool:
+        return storage.exists(self.path(STOP), self.options)
+
+    def clear_stop(self) -> None:
+        """At launch: a resumed run must not obey the request that stopped it last time."""
+        if self.stop_requested():
+            storage.remove_file(self.path(STOP), self.options)
 
     def write_config(self, public: dict[str, Any]) -> None:
         storage.write_text(self.path(CONFIG), yaml.safe_dump(public, sort_keys=False), self.options)
@@ -164,7 +179,8 @@ class RunRecord:
 
     @property
     def status(self) -> str:
-        ends = [line["event"] for line in self.lines if line.get("event") in ("finished", "failed")]
-        if ends:
+        """finished | failed | stopped (resumable) | running (also once a stopped run resumes) | empty."""
+        ends = [line["event"] for line in self.lines if line.get("event") in (*END_EVENTS, "resumed")]
+        if ends and ends[-1] != "resumed":
             return ends[-1]
         return "running" if self.lines else "empty"

@@ -174,3 +174,8 @@ def copy_dir(source: str, target: str, options: dict[str, Any] | None = None) ->
 def remove_dir(url: str, options: dict[str, Any] | None = None) -> None:
     fs, path = filesystem(url, options)
     retrying(f"removing {url}", lambda: fs.rm(path, recursive=True))
+
+
+def remove_file(url: str, options: dict[str, Any] | None = None) -> None:
+    fs, path = filesystem(url, options)
+    retrying(f"removing {url}", lambda: fs.rm_file(path))

@@ -73,9 +73,14 @@ class Tracker:
         if self.run is not None:
             self.run.summary.update(values)
 
-    def finish(self) -> None:
+    def finish(self, status: str = "finished") -> None:
+        """W&B has no "stopped" state: a stopped run says so in its summary and tags (and
+        finishes cleanly, so W&B does not show it as failed or crashed)."""
         self.folder.drain()
         if self.run is not None:
+            if status != "finished":
+                self.run.summary["status"] = status
+                self.run.tags = (*self.run.tags, status)
             self.run.finish()
 
 
@@ -85,4 +90,4 @@ class NullTracker:
     def log(self, *args: Any, **kwargs: Any) -> None: ...
     def event(self, *args: Any, **kwargs: Any) -> None: ...
     def summary(self, **kwargs: Any) -> None: ...
-    def finish(self) -> None: ...
+    def finish(self, status: str = "finished") -> None: ...

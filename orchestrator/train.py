@@ -7,7 +7,9 @@ import logging
 import math
 import os
 import re
+import signal
 import sys
+import threading
 import time
 from typing import Any
 
@@ -33,11 +35,13 @@ from orchestrator.job import prepare
 from orchestrator.logs import setup as setup_logging
 from orchestrator.ray_cluster import train_loop
 from orchestrator.runs import RunFolder, RunRecord
+from orchestrator.stopping import StopRequests, exit_code, interrupts_blocked
 from orchestrator.sweep import in_multirun, job_names, submit
 
 register()
 log = logging.getLogger("orchestrator.train")
 
+STOPS = StopRequests()  # Ctrl-C / SIGTERM: the runs this process drives checkpoint and stop
 SHIP_EXCLUDES = ["data/", "runs/", "outputs/", "multirun/", "wandb/", ".venv/", ".git/", "*.tar"]
 
 
@@ -52,7 +56,8 @@ def connect(config: TrainConfig) -> None:
             logging_level=logging.WARNING,
         )
     else:
-        ray.init(logging_level=logging.WARNING)
+        with interrupts_blocked():  # Ray's own processes must survive the terminal's Ctrl-C
+            ray.init(logging_level=logging.WARNING)
 
 
 def fit_to_machine(nodes: int | None, gpus_per_worker: int | None, gpus: int) -> tuple[int, int, str]:
@@ -135,7 +140,9 @@ def wait_for_workers(per_worker: dict[str, float], workers: int, timeout_s: floa
 def launch(config: TrainConfig) -> ray.train.Result:
     scaling_config, torch_config = scaling(config)
     storage_path, storage_fs = storage.ray_storage(config.storage.url, config.storage.options)
-    RunFolder(config.storage.url, config.run_name, config.storage.options).write_config(public_config(config))
+    folder = RunFolder(config.storage.url, config.run_name, config.storage.options)
+    folder.clear_stop()
+    folder.write_config(public_config(config))
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=config,
@@ -152,7 +159,30 @@ def launch(config: TrainConfig) -> ray.train.Result:
             worker_runtime_env={"env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
         ),
     )
-    return trainer.fit()
+    return fit_in_thread(trainer)
+
+
+def fit_in_thread(trainer: TorchTrainer) -> ray.train.Result:
+    """`fit()` answers Ctrl-C itself when called from the main thread, by aborting the run:
+    everything since the last checkpoint is lost. From another thread it leaves signals to
+    us (`STOPS`: checkpoint at the current step, then stop); the main thread just waits."""
+    if threading.current_thread() is not threading.main_thread():
+        return trainer.fit()  # a sweep's job thread: the main thread already handles signals
+    outcome: dict[str, Any] = {}
+
+    def fit() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as err:
+            outcome["error"] = err
+
+    thread = threading.Thread(target=fit, name="fit", daemon=True)  # daemon: a 2nd Ctrl-C exits
+    thread.start()
+    while thread.is_alive():
+        thread.join(timeout=0.5)  # wakes up so the signal handlers run promptly
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
 
 
 def root_cause(err: BaseException) -> str:
@@ -166,8 +196,10 @@ def summarize(config: TrainConfig, result: ray.train.Result | None, error: str |
     """Record how the run ended and say what a user wants: accuracy, speed, where everything is."""
     folder = RunFolder(config.storage.url, config.run_name, config.storage.options)
     failed = error is not None
+    stopped = not failed and RunRecord.read(folder.url, folder.options).status == "stopped"  # rank 0 said so
     end = {"seconds": round(seconds, 1), **({"error": error} if failed else {})}
-    folder.event("failed" if failed else "finished", **end)
+    if not stopped:
+        folder.event("failed" if failed else "finished", **end)
     folder.drain()
     record = RunRecord.read(folder.url, folder.options)
     best = record.best() or {}
@@ -175,8 +207,12 @@ def summarize(config: TrainConfig, result: ray.train.Result | None, error: str |
     checkpoint = result.checkpoint.path if result is not None and result.checkpoint else None
     if checkpoint and not storage.is_local(config.storage.url):
         checkpoint = config.storage.url.split("://", 1)[0] + "://" + checkpoint
+    outcome = "FAILED" if failed else "finished"
+    if stopped:
+        at = record.events("stopped")[-1]
+        outcome = f"stopped at step {at['step']} (resume=true run_name={config.run_name} continues there)"
     lines = [
-        f"run {config.run_name}: {'FAILED' if failed else 'finished'} in {seconds:,.0f} s "
+        f"run {config.run_name}: {outcome} in {seconds:,.0f} s "
         f"({record.epochs_done()} epochs, {config.cluster.nodes} workers)",
         f"  val top-1 {best.get('val/top1', 0):.1%}  top-5 {best.get('val/top5', 0):.1%} (best epoch "
         f"{best.get('epoch', -1) + 1})  train speed {record.images_per_s() or 0:,.0f} images/s",
@@ -198,13 +234,21 @@ class TrainingFailed(RuntimeError):
 
 
 def execute(config: TrainConfig) -> float:
+    if STOPS.signum is not None:  # a sweep's job queued behind a stopped one
+        log.info("run %s not started: the sweep was stopped", config.run_name)
+        return math.nan
     start = time.perf_counter()
     result, error = None, None
+    STOPS.track(config.run_name, RunFolder(config.storage.url, config.run_name, config.storage.options))
     try:
         result = launch(config)
         error = root_cause(result.error) if result.error is not None else None
     except ray.train.TrainingFailedError as err:  # a worker or the controller gave up
         error = root_cause(err)
+    finally:
+        STOPS.untrack(config.run_name)
+        if STOPS.signum is not None:  # answered: a later resume must not see it
+            RunFolder(config.storage.url, config.run_name, config.storage.options).clear_stop()
     return summarize(config, result, error, time.perf_counter() - start)
 
 
@@ -213,6 +257,7 @@ def run(cfg: DictConfig) -> float | None:
     setup_logging()
     config = prepare(cfg)
     connect(config)  # here, not in a sweep's job threads: one Ray for all of them
+    STOPS.install()  # after ray.init, which sets a SIGTERM handler of its own
     return submit(lambda: execute(config), config.sweep.parallel)
 
 
@@ -277,7 +322,13 @@ def cli() -> None:
     if problem:
         log.error("%s", problem)
         sys.exit(2)
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # a second Ctrl-C (or an interrupt before Ray ran): at once
+        log.error("stopped at once; resume=true continues from the run's last checkpoint")
+        sys.exit(exit_code(STOPS.signum or signal.SIGINT))
+    if STOPS.signum is not None:  # stopped with a checkpoint: a shell and a scheduler see why
+        sys.exit(exit_code(STOPS.signum))
 
 
 if __name__ == "__main__":

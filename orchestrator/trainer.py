@@ -45,6 +45,10 @@ from orchestrator.tracking import NullTracker, Tracker
 
 log = logging.getLogger(__name__)
 
+# How often the ranks agree on a stop request on GPUs: reading the agreed value waits for the
+# GPU's queued work, so not every step (on the CPU it costs nothing: every step).
+STOP_CHECK_STEPS = 10
+
 
 @dataclass
 class Position:
@@ -60,6 +64,7 @@ class Trainer:
     def __init__(self, config: TrainConfig, cluster: Cluster) -> None:
         self.config, self.cluster = config, cluster
         setup_logging(cluster.rank)
+        checkpoint.clear_stale(config.run_name)  # what a killed process of this run left here
         data = config.data
         self.manifest = load_manifest(data.url, data.storage_options)
         dev_a, dev_b, fused = tower_devices(cluster.devices, config.model.placement)
@@ -93,10 +98,14 @@ class Trainer:
         peak = peak_flops(dev_a, dtype) * len({dev_a, dev_b})
         self.speed = Speed(train_flops_per_image(self.model), peak, cluster.world)
         self.val_seconds = 0.0  # the last validation's, for the ETA
+        self.saved_at = -1  # the step of the last checkpoint written
 
     # --- the run, top to bottom
-    def fit(self) -> None:
+    def fit(self) -> str:
+        """The whole run from where its checkpoint left it: "finished", or "stopped" when a
+        stop was requested (then with a checkpoint at the step it stopped)."""
         self.restore()
+        self.record_workers()
         c = self.config
         scaled = c.optim.scale_lr == "linear"
         log.info(
@@ -107,14 +116,28 @@ class Trainer:
         )  # fmt: skip
         first_step = self.position.step
         for epoch in range(self.position.epoch, c.epochs):
-            self.train_epoch(epoch, first_step)
+            if not self.train_epoch(epoch, first_step):
+                return self.stop()
             metrics = self.validate()
             self.end_epoch(epoch, metrics)
+            if epoch + 1 < c.epochs and self.stop_agreed(every=1):
+                return self.stop()
         self.tracker.summary(**{"best/val_top1": self.position.best_top1})
         self.tracker.finish()
+        return "finished"
 
-    def train_epoch(self, epoch: int, first_step: int) -> None:
-        """The rest of this epoch's batches (all of them unless resuming mid-epoch)."""
+    def record_workers(self) -> None:
+        """Each rank's node and devices into the run's record, so a user sees where every
+        worker ran and that each got its two GPUs."""
+        places = self.cluster.gather(self.cluster.whereabouts())
+        for place in places:
+            self.tracker.event("worker", **place)
+        nodes = {p["node"] for p in places}
+        log.info("%d worker(s) on %d node(s); rank 0 on %s", len(places), len(nodes), ", ".join(places[0]["devices"]))
+
+    def train_epoch(self, epoch: int, first_step: int) -> bool:
+        """The rest of this epoch's batches (all of them unless resuming mid-epoch); False when
+        the ranks agreed to stop before its end."""
         c, pos = self.config, self.position
         stream = TrainStream(
             self.manifest, c.data.url, c.data.storage_options, seed=c.seed, epoch=epoch, rank=self.cluster.rank,
@@ -126,6 +149,7 @@ class Trainer:
         tick = time.perf_counter()
         for images, labels, skipped in stream.batches(c.data.workers, pin_memory=self.device.type == "cuda"):
             waited = time.perf_counter() - tick
+            self.reseed()
             labels = labels.to(self.device, non_blocking=True)
             x = self.transform(images, train=True)
             every = c.perf.profile_every_steps
@@ -141,7 +165,33 @@ class Trainer:
                 self.log_train(epoch)
             if pos.step % c.checkpoint.every_steps == 0 and pos.batch < self.steps:
                 self.save({})
+            if self.stop_agreed():
+                return False
             tick = time.perf_counter()
+        return True
+
+    def stop_agreed(self, every: int | None = None) -> bool:
+        """Whether any rank was asked to stop: one all-reduce at the same steps on every rank
+        (each step on the CPU, every STOP_CHECK_STEPS on GPUs), so all stop after the same step."""
+        every = every or (1 if self.device.type == "cpu" else STOP_CHECK_STEPS)
+        if self.position.step % every:
+            return False
+        asked = torch.tensor([float(self.cluster.stop_requested())])
+        return self.cluster.all_reduce(asked).item() > 0
+
+    def stop(self) -> str:
+        """A checkpoint at this very step (unless one was just written), and the run marked
+        stopped: `resume=true` continues exactly here."""
+        pos = self.position
+        if self.saved_at != pos.step:
+            self.save({})
+        self.tracker.event("stopped", step=pos.step, epoch=pos.epoch, batch=pos.batch)
+        log.info(
+            "stopped at step %d (epoch %d, batch %d/%d) with a checkpoint there; resume=true continues from it",
+            pos.step, pos.epoch + 1, pos.batch, self.steps,
+        )  # fmt: skip
+        self.tracker.finish(status="stopped")
+        return "stopped"
 
     def step(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One SGD step on one batch; the loss stays on the device."""
@@ -231,16 +281,14 @@ class Trainer:
         self.position = Position(**state["position"])
 
     def save(self, metrics: dict[str, float], best: bool = False) -> None:
-        """Every rank reports; rank 0 also hands over a checkpoint (best: kept as best/ too).
-        Then the RNG is reseeded from the step, as `restore` does: dropout and colour noise
-        after a checkpoint are the same whether or not the run was interrupted there."""
+        """Every rank reports; rank 0 also hands over a checkpoint (best: kept as best/ too)."""
         folder = None
         if self.cluster.rank == 0:
-            folder = checkpoint.stage()
+            folder = checkpoint.stage(self.config.run_name)
             checkpoint.save(folder, **self.state_dict(), metrics=metrics, config=public_config(self.config))
         pos = self.position
         self.cluster.report({**metrics, "step": pos.step, "epoch": pos.epoch}, folder, best)
-        self.reseed()
+        self.saved_at = pos.step
 
     def restore(self) -> None:
         with self.cluster.restored_checkpoint() as folder:
@@ -248,7 +296,9 @@ class Trainer:
                 self.load_state_dict(checkpoint.load(folder))
                 pos = self.position
                 self.tracker.event("resumed", step=pos.step, epoch=pos.epoch, batch=pos.batch)
-        self.reseed()
 
     def reseed(self) -> None:
+        """Before every step: its dropout masks and colour noise depend on (seed, rank, step)
+        alone, so a run resumed at any step (a checkpoint, a stop) repeats the uninterrupted
+        run's random numbers exactly. A seed costs microseconds; a step, milliseconds."""
         torch.manual_seed(stable_seed(self.config.seed, self.cluster.rank, "step", self.position.step))

@@ -141,6 +141,7 @@ def test_killed_worker_resumes_exactly_where_its_checkpoint_was(local_ray, tiny_
     after = [line for line in lines[lines.index(resumed[0]) :] if "train/loss" in line]
     assert after[0]["step"] == resumed[0]["step"] + 1  # continues from N, not 0
     assert losses(lines) == clean  # same seed: identical losses, before and after the crash
+    assert not os.path.exists(checkpoint.staging_root("crashed"))  # nothing staged outlived the kill
 
 
 @pytest.mark.slow

@@ -9,10 +9,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import REPO
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_the_dry_run_composes_every_step(tmp_path):

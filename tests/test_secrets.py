@@ -10,7 +10,6 @@ import pytest
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SECRETS = {
     "AWS_ACCESS_KEY_ID": "AKIAFAKESECRET7Q2W",
     "AWS_SECRET_ACCESS_KEY": "fake-aws-secret-9b1e7c3d5f",

@@ -8,13 +8,12 @@ import subprocess
 import sys
 
 import pytest
+from conftest import REPO
 from PIL import Image
 
 from orchestrator.compare import main as compare
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def train(*args: str) -> subprocess.CompletedProcess:
