@@ -6,11 +6,14 @@ STAMP  := $(VENV)/.installed
 
 NODES ?=
 ARGS  ?=
+ADDRESS ?=
+IMAGE   ?=
+SECRET  ?= alexnet-credentials
 LR      ?= 0.02,0.01
 DROPOUT ?= 0.5,0.3
 DEMO_SHARDS := data/shards/demo
 
-.PHONY: install test test-fast lint train sweep shards bench bench-gpu gpu-check clean
+.PHONY: install test test-fast lint train submit kuberay sweep shards bench bench-gpu gpu-check clean
 
 install: $(STAMP)
 
@@ -40,6 +43,14 @@ shards: $(STAMP) $(DEMO_SHARDS)/manifest.json
 train: $(STAMP) $(DEMO_SHARDS)/manifest.json
 	$(PY) -m orchestrator.train $(if $(NODES),cluster.nodes=$(NODES)) $(ARGS)
 
+# A run on a remote Ray cluster through Ray Jobs: ADDRESS=http://<head>:8265 (or RAY_ADDRESS).
+submit: $(STAMP)
+	$(PY) -m orchestrator.submit $(if $(ADDRESS),--address $(ADDRESS)) $(if $(NODES),--nodes $(NODES)) $(ARGS)
+
+# A KubeRay RayJob manifest for the same run -> rayjob.yaml (then: kubectl apply -f rayjob.yaml).
+kuberay: $(STAMP)
+	$(PY) -m orchestrator.submit --kuberay --out rayjob.yaml $(if $(IMAGE),--image $(IMAGE)) --secret $(SECRET) $(if $(NODES),--nodes $(NODES)) $(ARGS)
+
 sweep: $(STAMP) $(DEMO_SHARDS)/manifest.json
 	$(PY) -m orchestrator.train -m optim.lr=$(LR) model.dropout=$(DROPOUT) $(if $(NODES),cluster.nodes=$(NODES)) $(ARGS)
 
@@ -55,5 +66,5 @@ gpu-check: $(STAMP)
 	$(PY) -m orchestrator.tools.gpu_check $(if $(DRY),--dry-run)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache outputs multirun bench.json bench-gpu.json gpu-check.json
+	rm -rf $(VENV) .pytest_cache .ruff_cache outputs multirun bench.json bench-gpu.json gpu-check.json rayjob.yaml
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -29,6 +29,9 @@ class ConfigError(ValueError):
     """A bad configuration value: one sentence naming the key and what to do."""
 
 
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")  # Ray's placement-group strategies
+
+
 def one_of(key: str, value: str, options: tuple[str, ...]) -> None:
     if value not in options:
         raise ConfigError(f"{key}={value!r} is not one of {', '.join(options)}; pick one of those")
@@ -190,6 +193,9 @@ class ClusterConfig:
     address: str | None = None  # Ray cluster to join; RAY_ADDRESS when unset
     max_failures: int = 3
     placement_timeout_s: float = 120.0
+    # Ray's placement of the workers: PACK fills a node before the next (fewest hops between
+    # workers), SPREAD puts them on different nodes (one node lost costs one worker)
+    placement_strategy: str = "PACK"
 
     def __post_init__(self) -> None:
         if self.nodes is not None:
@@ -199,6 +205,7 @@ class ClusterConfig:
         positive("cluster.cpus_per_worker", self.cpus_per_worker)
         at_least("cluster.max_failures", self.max_failures, -1)
         positive("cluster.placement_timeout_s", self.placement_timeout_s)
+        one_of("cluster.placement_strategy", self.placement_strategy, PLACEMENT_STRATEGIES)
 
 
 @dataclass

@@ -13,6 +13,10 @@ from orchestrator.runs import RunFolder
 from orchestrator.sweep import job_names
 
 
+def default_run_name(experiment: str) -> str:
+    return f"{experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
 def prepare(cfg: DictConfig) -> TrainConfig:
     """Everything that can be checked before Ray starts; returns the typed config workers get."""
     config = validate(cfg)
@@ -28,7 +32,7 @@ def prepare(cfg: DictConfig) -> TrainConfig:
         )
     config.run_name, config.logger.group = job_names(config.run_name, config.logger.group)
     if config.run_name is None:
-        config.run_name = f"{config.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
+        config.run_name = default_run_name(config.experiment)
     if not config.resume and RunFolder(config.storage.url, config.run_name, config.storage.options).exists():
         raise ConfigError(
             f"run {config.run_name} already exists in {config.storage.url}; "

@@ -42,14 +42,20 @@ register()
 log = logging.getLogger("orchestrator.train")
 
 STOPS = StopRequests()  # Ctrl-C / SIGTERM: the runs this process drives checkpoint and stop
-SHIP_EXCLUDES = ["data/", "runs/", "outputs/", "multirun/", "wandb/", ".venv/", ".git/", "*.tar"]
+# gitignore patterns: anchored with "/", or "data/" would also drop conf/data/ (a config group)
+SHIP_EXCLUDES = [
+    "/data/", "/runs/", "/outputs/", "/multirun/", "/wandb-runs/", "wandb/", "/.venv/", ".git/", "*.tar",
+    ".pytest_cache/", ".ruff_cache/",
+]  # fmt: skip
 
 
 def connect(config: TrainConfig) -> None:
     """Join cluster.address (or RAY_ADDRESS) shipping this repo, or start Ray on this machine."""
     if ray.is_initialized():  # a sweep reuses one Ray for all its jobs
         return
-    if config.cluster.address:
+    if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):  # the driver of a Ray job: the code is shipped
+        ray.init(address=config.cluster.address or "auto", logging_level=logging.WARNING)
+    elif config.cluster.address:
         ray.init(
             address=config.cluster.address,
             runtime_env={"working_dir": REPO_ROOT, "excludes": SHIP_EXCLUDES},
@@ -98,7 +104,12 @@ def scaling(config: TrainConfig) -> tuple[ray.train.ScalingConfig, TorchConfig]:
     per_worker = {"CPU": cpus, **({"GPU": cluster.gpus_per_worker} if use_gpu else {})}
     wait_for_workers(per_worker, cluster.nodes, cluster.placement_timeout_s, autoscaled=bool(cluster.address))
     return (
-        ray.train.ScalingConfig(num_workers=cluster.nodes, use_gpu=use_gpu, resources_per_worker=per_worker),
+        ray.train.ScalingConfig(
+            num_workers=cluster.nodes,
+            use_gpu=use_gpu,
+            resources_per_worker=per_worker,
+            placement_strategy=cluster.placement_strategy,
+        ),
         TorchConfig(backend="nccl" if use_gpu else "gloo"),
     )
 
