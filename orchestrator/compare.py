@@ -1,5 +1,7 @@
 """python -m orchestrator.compare [--group NAME] [--storage URL] [--source local|wandb]
-[--metric val/top1] [--plot FILE.png] [--json]: which run won, and the settings that differ.
+[--metric val/top1] [--reach 0.5,0.8] [--plot FILE.png] [--json]: which run won, the settings
+that differ, when each run reached given accuracies and at what cost (worker-hours; GPU-hours
+where GPUs were used), and for a sweep what stopping runs early saved against the full grid.
 
 `local` (default) reads every run's config.yaml and metrics.jsonl under the storage URL, so it
 works offline and from a bucket; `wandb` asks the W&B API (needs WANDB_API_KEY)."""
@@ -32,13 +34,37 @@ class Row:
     name: str
     settings: dict[str, Any]
     status: str
-    curve: list[tuple[int, float]] = field(default_factory=list)  # (epoch, metric)
+    curve: list[tuple[int, float, float]] = field(default_factory=list)  # (epoch, seconds since start, metric)
     best: float | None = None
     best_top5: float | None = None
     train_loss: float | None = None
     images_per_s: float | None = None
     mfu: float | None = None
     epochs: int = 0
+    planned_epochs: int = 0
+    seconds: float | None = None  # wall time from the run's first record to its last
+    workers: int = 1
+    gpus: int = 0  # all workers' GPUs together (0: CPU)
+
+    @property
+    def cost_unit(self) -> str:
+        return "GPU-hours" if self.gpus else "worker-hours"
+
+    def cost(self, seconds: float | None = None) -> float | None:
+        """Worker-hours (GPU-hours where GPUs were used) for `seconds` of this run (default: all)."""
+        seconds = self.seconds if seconds is None else seconds
+        return None if seconds is None else seconds * (self.gpus or self.workers) / 3600
+
+    def full_cost(self) -> float | None:
+        """What the run costs when it trains every planned epoch (a run stopped early, projected
+        at its own time per epoch)."""
+        if self.seconds is None or not self.epochs:
+            return self.cost()
+        return self.cost(self.seconds * max(self.planned_epochs, self.epochs) / self.epochs)
+
+    def reached(self, threshold: float) -> tuple[int, float] | None:
+        """(epoch, seconds) when the metric first reached `threshold`."""
+        return next(((e, s) for e, s, m in self.curve if m >= threshold), None)
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -70,18 +96,30 @@ def local_rows(root: str, options: dict[str, Any], group: str | None, metric: st
         if group and (record.config.get("logger") or {}).get("group") != group:
             continue
         best = record.best(metric) or {}
+        # the sweep's launcher writes `stopped_early` after the fact: not part of the run's time
+        times = [line["time"] for line in record.lines if "time" in line and line.get("event") != "stopped_early"]
+        start = times[0] if times else 0.0
+        devices = [d for w in record.events("worker") for d in w.get("devices", [])]
+        config = flatten(record.config)
         rows.append(
             Row(
                 name=name,
                 settings=flatten(record.config),
                 status=record.status,
-                curve=[(line["epoch"] + 1, line[metric]) for line in record.metric_lines(metric)],
+                curve=[
+                    (line["epoch"] + 1, line.get("time", start) - start, line[metric])
+                    for line in record.metric_lines(metric)
+                ],
                 best=best.get(metric),
                 best_top5=best.get("val/top5"),
                 train_loss=record.last("train/loss"),
                 images_per_s=record.images_per_s(),
                 mfu=record.steady("perf/mfu"),
                 epochs=record.epochs_done(),
+                planned_epochs=int(config.get("epochs") or 0),
+                seconds=times[-1] - start if times else None,
+                workers=int(config.get("cluster.nodes") or 1),
+                gpus=sum(1 for d in devices if d.startswith("cuda")),
             )
         )
     return rows
@@ -96,13 +134,16 @@ def wandb_rows(project: str, group: str | None, metric: str) -> list[Row]:
     runs = api.runs(project, filters={"group": group} if group else None)
     rows = []
     for run in runs:
-        history = [h for h in run.scan_history(keys=["epoch", metric]) if h.get(metric) is not None]
+        history = [h for h in run.scan_history(keys=["epoch", "_runtime", metric]) if h.get(metric) is not None]
         rows.append(
             Row(
                 name=run.name,
                 settings=flatten(dict(run.config)),
                 status=run.state,
-                curve=[(int(h["epoch"]) + 1, h[metric]) for h in history],
+                curve=[(int(h["epoch"]) + 1, h.get("_runtime", 0.0), h[metric]) for h in history],
+                seconds=run.summary.get("_runtime"),
+                planned_epochs=int(run.config.get("epochs") or 0),
+                workers=int((run.config.get("cluster") or {}).get("nodes") or 1),
                 best=max((h[metric] for h in history), default=None),
                 train_loss=run.summary.get("train/loss"),
                 images_per_s=run.summary.get("images_per_s"),
@@ -125,13 +166,23 @@ def _fmt(value: Any, kind: str = "") -> str:
     return str(value)
 
 
-def table(rows: list[Row], metric: str) -> Table:
+def _reach(row: Row, threshold: float) -> str:
+    hit = row.reached(threshold)
+    if hit is None:
+        return "-"
+    epoch, seconds = hit
+    return f"epoch {epoch}, {seconds / 60:.1f} min, {row.cost(seconds):.3g} h"
+
+
+def table(rows: list[Row], metric: str, reach: list[float]) -> Table:
     keys = differing_keys(rows)
     t = Table(title=f"{len(rows)} runs, best {metric} first")
     t.add_column("run", overflow="fold")
     for key in keys:
         t.add_column(key, justify="right")
-    for column in (f"best {metric}", "top-5", "train loss", "images/s", "MFU", "epochs", "status"):
+    unit = rows[0].cost_unit
+    columns = [f"best {metric}", "top-5", "train loss", "images/s", "MFU", "epochs", unit]
+    for column in [*columns, *(f"reached {x:.0%}" for x in reach), "status"]:
         t.add_column(column, justify="right")
     for r in rows:
         t.add_row(
@@ -143,9 +194,23 @@ def table(rows: list[Row], metric: str) -> Table:
             _fmt(r.images_per_s, "rate"),
             _fmt(r.mfu, "pct"),
             str(r.epochs),
+            _fmt(r.cost()),
+            *(_reach(r, x) for x in reach),
             r.status,
         )
     return t
+
+
+def spending(rows: list[Row]) -> str | None:
+    """For a sweep with runs stopped early: what it cost against the full grid."""
+    if not any(r.status.startswith("stopped early") for r in rows):
+        return None
+    spent = sum(r.cost() or 0.0 for r in rows)
+    full = sum(r.full_cost() or 0.0 for r in rows)
+    return (
+        f"{rows[0].cost_unit}: {spent:.3g} spent; the full grid would have taken {full:.3g} "
+        f"(stopping runs early saved {1 - spent / full:.0%})"
+    )
 
 
 def plot(rows: list[Row], metric: str, path: str) -> None:
@@ -155,16 +220,20 @@ def plot(rows: list[Row], metric: str, path: str) -> None:
     import matplotlib.pyplot as plt
 
     keys = differing_keys(rows)
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, (ax_epochs, ax_time) = plt.subplots(1, 2, figsize=(13, 5))
     for r in rows:
         if r.curve:
             label = ", ".join(f"{k}={_fmt(r.settings.get(k))}" for k in keys) or r.name
-            ax.plot(*zip(*r.curve, strict=True), marker="o", label=label)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(metric)
-    ax.grid(alpha=0.3)
+            epochs, seconds, values = zip(*r.curve, strict=True)
+            ax_epochs.plot(epochs, values, marker="o", label=label)
+            ax_time.plot([s / 60 for s in seconds], values, marker="o", label=label)
+    ax_epochs.set_xlabel("epoch")
+    ax_time.set_xlabel("wall time (min)")
+    for ax in (ax_epochs, ax_time):
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
     if any(r.curve for r in rows):
-        ax.legend(fontsize=8)
+        ax_epochs.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -178,17 +247,23 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--source", choices=("local", "wandb"), default="local")
     p.add_argument("--project", default="alexnet", help="W&B project (entity/project) for --source wandb")
     p.add_argument("--metric", default="val/top1", help="the metric to rank by (higher is better)")
-    p.add_argument("--plot", help="write a PNG of the metric against epoch, one line per run")
+    p.add_argument("--reach", default="", help="accuracies, e.g. 0.5,0.8: when each run first reached them")
+    p.add_argument("--plot", help="write a PNG of the metric against epochs and wall time, one line per run")
     p.add_argument("--json", action="store_true", help="print the rows as JSON (for scripts) instead of a table")
     return p
 
 
-def as_json(rows: list[Row]) -> str:
+def as_json(rows: list[Row], reach: list[float]) -> str:
     """The table's rows as data, best first: the differing settings and the figures."""
     keys = differing_keys(rows)
-    fields = ("best", "best_top5", "train_loss", "images_per_s", "mfu", "epochs", "status")
-    out = [{"run": r.name, "settings": {k: r.settings.get(k) for k in keys}, **{f: getattr(r, f) for f in fields}}
-           for r in rows]  # fmt: skip
+    fields = ("best", "best_top5", "train_loss", "images_per_s", "mfu", "epochs", "status", "seconds")
+    out = []
+    for r in rows:
+        reached = {str(x): dict(zip(("epoch", "seconds"), r.reached(x) or (None, None), strict=True)) for x in reach}
+        out.append({
+            "run": r.name, "settings": {k: r.settings.get(k) for k in keys}, **{f: getattr(r, f) for f in fields},
+            "cost": r.cost(), "full_cost": r.full_cost(), "cost_unit": r.cost_unit, "reached": reached,
+        })  # fmt: skip
     return json.dumps(out, indent=1)
 
 
@@ -208,10 +283,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no runs found in {where}{args.storage}; pass --storage or --group", file=sys.stderr)
         return 2
     rows.sort(key=lambda r: -math.inf if r.best is None else r.best, reverse=True)
+    try:
+        reach = [float(x) for x in args.reach.split(",") if x.strip()]
+    except ValueError:
+        print(f"error: --reach {args.reach} is not a list of numbers; give accuracies such as 0.5,0.8", file=sys.stderr)
+        return 2
     if args.json:
-        print(as_json(rows))
+        print(as_json(rows, reach))
     else:
-        Console(width=200).print(table(rows, args.metric))
+        Console(width=200).print(table(rows, args.metric, reach))
+        saved = spending(rows)
+        if saved:
+            print(saved)
     if args.plot:
         plot(rows, args.metric, args.plot)
         print(f"plot written to {args.plot}")

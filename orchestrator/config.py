@@ -261,10 +261,17 @@ class PerfConfig:
 
 @dataclass
 class SweepConfig:
-    parallel: int = 1  # multirun jobs at once; each needs nodes x gpus_per_worker GPUs
+    parallel: int = 1  # multirun runs at once (Ray Tune trials); each needs nodes x gpus_per_worker GPUs
+    # Early stopping on val top-1 per epoch (orchestrator/tuning.py): none | asha | hyperband
+    scheduler: str = "asha"
+    grace_period: int = 1  # asha: epochs every run gets before it can be stopped
+    reduction_factor: int = 2  # asha, hyperband: 1/reduction_factor of the runs go on at each rung
 
     def __post_init__(self) -> None:
         at_least("sweep.parallel", self.parallel, 1)
+        one_of("sweep.scheduler", self.scheduler, ("none", "asha", "hyperband"))
+        at_least("sweep.grace_period", self.grace_period, 1)
+        at_least("sweep.reduction_factor", self.reduction_factor, 2)
 
 
 @dataclass
@@ -349,9 +356,17 @@ def public_config(config: TrainConfig | dict[str, Any]) -> dict[str, Any]:
 
 
 def register() -> None:
-    """The schema as `train_schema` for conf/train.yaml, and ${repo:path} for paths in this repo."""
+    """The schema as `train_schema` for conf/train.yaml, ${repo:path} for paths in this repo, and
+    the sweep launcher (`hydra/launcher: ray_tune`). Hydra finds plugins by listing the
+    `hydra_plugins` folders on sys.path, which misses an editable install's (and this repo's when
+    run from elsewhere), so the launcher is registered here, by import."""
+    from hydra.core.plugins import Plugins
+
+    from hydra_plugins.alexnet_orchestrator.ray_tune_launcher import RayTuneLauncher  # stores its config
+
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
     OmegaConf.register_new_resolver("repo", lambda path: os.path.join(REPO_ROOT, path), replace=True)
+    Plugins.instance().register(RayTuneLauncher)
 
 
 def unknown_keys(cfg: DictConfig, schema: type = TrainConfig, prefix: str = "") -> list[str]:

@@ -375,9 +375,11 @@ class EvalStream(IterableDataset):
 
 
 def _ignore_interrupts(worker_id: int) -> None:
-    """Loader processes leave Ctrl-C to the training process (the terminal sends it to the
-    whole process group): a loader that died of it would end the run before its checkpoint."""
+    """Loader processes leave Ctrl-C and SIGTERM to the training process (a terminal, Slurm or
+    `kill -- -pgid` signal the whole process group): a loader that died of one would end the run
+    before its checkpoint. They still exit when the loader is done or the trainer dies."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def loader(dataset: IterableDataset, workers: int, pin_memory: bool) -> DataLoader:

@@ -30,7 +30,7 @@ METRICS = "metrics.jsonl"
 BEST = "best"
 CHECKPOINT_PREFIX = "checkpoint_"
 STOP = "stop"
-END_EVENTS = ("finished", "failed", "stopped")
+END_EVENTS = ("finished", "failed", "stopped", "stopped_early")
 
 
 class Uploads:
@@ -179,8 +179,11 @@ class RunRecord:
 
     @property
     def status(self) -> str:
-        """finished | failed | stopped (resumable) | running (also once a stopped run resumes) | empty."""
-        ends = [line["event"] for line in self.lines if line.get("event") in (*END_EVENTS, "resumed")]
-        if ends and ends[-1] != "resumed":
-            return ends[-1]
-        return "running" if self.lines else "empty"
+        """finished | failed | stopped (resumable) | stopped early at epoch N (a sweep's scheduler) |
+        running (also once a stopped run resumes) | empty."""
+        ends = [line for line in self.lines if line.get("event") in (*END_EVENTS, "resumed")]
+        if not ends or ends[-1]["event"] == "resumed":
+            return "running" if self.lines else "empty"
+        if ends[-1]["event"] == "stopped_early":
+            return f"stopped early at epoch {ends[-1]['epoch']}"
+        return ends[-1]["event"]

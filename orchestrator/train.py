@@ -11,16 +11,18 @@ import signal
 import sys
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import hydra
 import ray
 import ray.train
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from orchestrator import storage
+from orchestrator import storage, tuning
 from orchestrator.config import (
     REPO_ROOT,
     ConfigError,
@@ -36,10 +38,11 @@ from orchestrator.logs import setup as setup_logging
 from orchestrator.ray_cluster import train_loop
 from orchestrator.runs import RunFolder, RunRecord
 from orchestrator.stopping import StopRequests, exit_code, interrupts_blocked
-from orchestrator.sweep import in_multirun, job_names, submit
+from orchestrator.sweep import in_multirun, job_names
 
 register()
 log = logging.getLogger("orchestrator.train")
+T = TypeVar("T")
 
 STOPS = StopRequests()  # Ctrl-C / SIGTERM: the runs this process drives checkpoint and stop
 # gitignore patterns: anchored with "/", or "data/" would also drop conf/data/ (a config group)
@@ -99,8 +102,9 @@ def scaling(config: TrainConfig) -> tuple[ray.train.ScalingConfig, TorchConfig]:
         log.info(decided)
     use_gpu = cluster.gpus_per_worker > 0 and gpus > 0
     cpus = cluster.cpus_per_worker
-    if not cluster.address:  # an embedded Ray: fractional CPUs so every worker of every job fits
-        cpus = min(cpus, total.get("CPU", 1) / (cluster.nodes * config.sweep.parallel))
+    if not cluster.address:  # an embedded Ray: fractional CPUs so every worker of every trial fits
+        spare = total.get("CPU", 1) - tuning.TRIAL_CPU * config.sweep.parallel  # the trials' own share
+        cpus = min(cpus, spare / (cluster.nodes * config.sweep.parallel))
     per_worker = {"CPU": cpus, **({"GPU": cluster.gpus_per_worker} if use_gpu else {})}
     wait_for_workers(per_worker, cluster.nodes, cluster.placement_timeout_s, autoscaled=bool(cluster.address))
     return (
@@ -166,28 +170,29 @@ def launch(config: TrainConfig) -> ray.train.Result:
             failure_config=ray.train.FailureConfig(max_failures=config.cluster.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.checkpoint.keep),
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),  # our own lines say enough
+            callbacks=[tuning.epoch_reports()] if tuning.in_trial() else [],  # a sweep's trial: epochs to Tune
             # Train's print patch tees print() into its logger: every line would show twice.
             worker_runtime_env={"env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
         ),
     )
-    return fit_in_thread(trainer)
+    return off_the_main_thread(trainer.fit)
 
 
-def fit_in_thread(trainer: TorchTrainer) -> ray.train.Result:
-    """`fit()` answers Ctrl-C itself when called from the main thread, by aborting the run:
-    everything since the last checkpoint is lost. From another thread it leaves signals to
-    us (`STOPS`: checkpoint at the current step, then stop); the main thread just waits."""
+def off_the_main_thread(work: Callable[[], T]) -> T:
+    """Ray Train's `fit()` (and Tune's) answers Ctrl-C itself when called from the main thread,
+    by aborting: everything since the last checkpoint is lost. From another thread they leave
+    signals to us (`STOPS`: checkpoint at the current step, then stop); the main thread waits."""
     if threading.current_thread() is not threading.main_thread():
-        return trainer.fit()  # a sweep's job thread: the main thread already handles signals
+        return work()  # a Tune trial's thread: signals are the launcher's business
     outcome: dict[str, Any] = {}
 
-    def fit() -> None:
+    def run() -> None:
         try:
-            outcome["result"] = trainer.fit()
+            outcome["result"] = work()
         except BaseException as err:
             outcome["error"] = err
 
-    thread = threading.Thread(target=fit, name="fit", daemon=True)  # daemon: a 2nd Ctrl-C exits
+    thread = threading.Thread(target=run, name="fit", daemon=True)  # daemon: a 2nd Ctrl-C exits
     thread.start()
     while thread.is_alive():
         thread.join(timeout=0.5)  # wakes up so the signal handlers run promptly
@@ -264,12 +269,15 @@ def execute(config: TrainConfig) -> float:
 
 
 def run(cfg: DictConfig) -> float | None:
-    """One job: its best val top-1, or None when a concurrent sweep job was only queued."""
+    """One job: its best val top-1; None for a sweep's job, which the launcher runs as a Tune
+    trial once every job of the sweep is prepared."""
     setup_logging()
     config = prepare(cfg)
-    connect(config)  # here, not in a sweep's job threads: one Ray for all of them
+    connect(config)  # one Ray for the run, or for all of a sweep's trials
     STOPS.install()  # after ray.init, which sets a SIGTERM handler of its own
-    return submit(lambda: execute(config), config.sweep.parallel)
+    if in_multirun() and tuning.collect(HydraConfig.get().job.num, config):
+        return None
+    return execute(config)
 
 
 def record_failure(cfg: DictConfig, error: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -65,5 +66,28 @@ def test_optuna_sweeper_preset(tiny_shards, tmp_path):
     runs = str(tmp_path / "runs")
     proc = train("+sweep=optuna", "hydra.sweeper.n_trials=2", *tiny(tiny_shards, runs))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "Best value" in proc.stdout + proc.stderr
+    best = re.search(r"Best value: ([0-9.]+)", proc.stdout + proc.stderr)  # the objectives reached Optuna
+    assert best and 0 < float(best.group(1)) <= 1
     assert len([f for f in os.listdir(runs) if not f.startswith(".")]) == 2
+
+
+def test_asha_stops_runs_early_and_compare_says_what_that_saved(tiny_shards, tmp_path, capsys):
+    """lr=1e-7 learns nothing: at the first rung it is behind every run that can, and ASHA stops it
+    (some epochs later: Tune acts on a result a second or two after it, and these epochs take 0.25 s)."""
+    runs = str(tmp_path / "runs")
+    args = [a for a in tiny(tiny_shards, runs) if not a.startswith("epochs=")]
+    proc = train(
+        "-m", "optim.lr=0.05,1e-7", "model.dropout=0.0", "epochs=20", "optim.scale_lr=none", "sweep.scheduler=asha",
+        "sweep.grace_period=1", "sweep.reduction_factor=2", *args,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    capsys.readouterr()
+    assert compare(["--storage", runs, "--json", "--reach", "0.01"]) == 0
+    rows = {r["settings"]["optim.lr"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows[0.05]["status"] == "finished" and rows[0.05]["epochs"] == 20
+    stopped = rows[1e-07]
+    assert stopped["status"] == f"stopped early at epoch {stopped['epochs']}" and stopped["epochs"] < 20
+    assert stopped["full_cost"] > stopped["cost"]  # projected to the 20 epochs it was planned for
+    assert rows[0.05]["reached"]["0.01"]["epoch"] == 1
+    assert compare(["--storage", runs]) == 0
+    assert "stopping runs early saved" in capsys.readouterr().out

@@ -1,0 +1,164 @@
+"""Sweeps as Ray Tune trials. Hydra composes and checks every job of a multirun (the launcher in
+hydra_plugins/alexnet_orchestrator); each prepared job becomes one Tune trial, whose function
+drives that job's Ray Train run exactly as a single run does (`train.execute`). The trial itself
+holds a hundredth of a CPU; its Ray Train workers ask for their own GPUs, so as many trials run
+at once as the cluster holds (at most `sweep.parallel`) and the rest queue.
+
+`sweep.scheduler` stops hopeless runs early on val top-1 per epoch: `asha` (Li et al. 2018,
+asynchronous successive halving: never waits, but cannot judge the first trials) or `hyperband`
+(Tune's synchronous HyperBandScheduler: waits for a rung to fill, so it saves more on a small
+grid). A run stopped that way keeps its checkpoints and metrics and is recorded as
+`stopped early at epoch N`."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import os
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+from orchestrator.config import SweepConfig, TrainConfig
+from orchestrator.runs import RunFolder, RunRecord
+
+log = logging.getLogger(__name__)
+
+METRIC = "val/top1"
+TRIAL_CPU = 0.01  # what a trial's driver function holds; its workers ask for their own
+_collected: dict[int, TrainConfig] | None = None
+_in_trial = False  # set in a trial's process, where its TorchTrainer reports epochs to Tune
+
+
+@contextlib.contextmanager
+def collecting() -> Iterator[dict[int, TrainConfig]]:
+    """While open, a job's task hands its prepared config over (`collect`) instead of training."""
+    global _collected
+    _collected = {}
+    try:
+        yield _collected
+    finally:
+        _collected = None
+
+
+def collect(job: int, config: TrainConfig) -> bool:
+    if _collected is None:
+        return False
+    _collected[job] = config
+    return True
+
+
+def epoch_reports():
+    """Ray Train's TuneReportCallback, passing on only the end-of-epoch reports (with val top-1):
+    the mid-epoch checkpoint reports have no val/top1, which the schedulers and Tune's strict
+    metric check need in every result."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    class EpochReports(TuneReportCallback):
+        def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+            if METRIC in metrics[0]:
+                super().after_report(run_context, metrics, checkpoint)
+
+    return EpochReports()
+
+
+def in_trial() -> bool:
+    return _in_trial
+
+
+def scheduler(sweep: SweepConfig, max_epochs: int):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler
+
+    common = {"time_attr": "epoch", "metric": METRIC, "mode": "max", "max_t": max_epochs}
+    if sweep.scheduler == "asha":
+        # stop_last_trials=False: a run that reached its last epoch ends by itself (W&B, summary)
+        return ASHAScheduler(
+            **common, grace_period=sweep.grace_period, reduction_factor=sweep.reduction_factor, stop_last_trials=False
+        )
+    if sweep.scheduler == "hyperband":
+        return HyperBandScheduler(**common, reduction_factor=sweep.reduction_factor)
+    return FIFOScheduler()
+
+
+def trial(params: dict[str, Any], jobs: dict[int, TrainConfig]) -> None:
+    """One Tune trial: one job's whole run (its own TorchTrainer), unless the sweep was stopped
+    (Ctrl-C, SIGTERM) while it waited in the queue."""
+    from orchestrator.train import TrainingFailed, execute
+
+    global _in_trial
+    _in_trial = True
+    config = jobs[params["job"]]
+    folder = RunFolder(config.storage.url, config.run_name, config.storage.options)
+    if folder.stop_requested():
+        folder.event("stopped", step=0, epoch=0, batch=0)
+        folder.drain()
+        return
+    try:
+        execute(config)
+    except TrainingFailed as err:  # recorded in its run folder; the sweep goes on
+        log.error("%s", err)
+
+
+def run_trials(jobs: dict[int, TrainConfig], experiment_dir: str) -> dict[int, float]:
+    """Run every prepared job as a trial; each job's objective (best val top-1, NaN if none)."""
+    if not jobs:
+        return {}
+    from ray import tune
+
+    from orchestrator.config import ConfigError
+    from orchestrator.train import STOPS, off_the_main_thread, scaling
+
+    first = next(iter(jobs.values()))
+    sweep = first.sweep
+    try:  # can one trial be placed at all? One line if not, before anything starts
+        scaling(copy.deepcopy(first))
+    except ConfigError as err:
+        log.error("no run of this sweep can start: %s", err)
+        sys.exit(2)
+    epochs = max(c.epochs for c in jobs.values())
+    log.info("%d runs as Ray Tune trials, at most %d at once, scheduler %s", len(jobs), sweep.parallel, sweep.scheduler)
+    tuner = tune.Tuner(
+        tune.with_resources(tune.with_parameters(trial, jobs=jobs), {"cpu": TRIAL_CPU}),
+        param_space={"job": tune.grid_search(sorted(jobs))},
+        tune_config=tune.TuneConfig(
+            scheduler=scheduler(sweep, epochs), max_concurrent_trials=sweep.parallel, reuse_actors=False
+        ),
+        run_config=tune.RunConfig(
+            name="tune", storage_path=os.path.abspath(experiment_dir), verbose=0, log_to_file=True
+        ),
+    )
+    for config in jobs.values():  # Ctrl-C: every run of the sweep checkpoints and stops
+        STOPS.track(config.run_name, RunFolder(config.storage.url, config.run_name, config.storage.options))
+    try:
+        results = off_the_main_thread(tuner.fit)
+    finally:
+        for config in jobs.values():
+            STOPS.untrack(config.run_name)
+    errors = {result.config["job"]: result.error for result in results if result.config}
+    return {job: outcome(config, errors.get(job), stopped=STOPS.signum is not None) for job, config in jobs.items()}
+
+
+def outcome(config: TrainConfig, error: Exception | None, stopped: bool = False) -> float:
+    """A run that ended without an end event was ended by the scheduler (`stopped_early`), by a
+    Ctrl-C on the sweep (`stopped`), or its trial failed outside the run (`failed`)."""
+    folder = RunFolder(config.storage.url, config.run_name, config.storage.options)
+    record = RunRecord.read(folder.url, folder.options)
+    if record.status in ("running", "empty"):
+        if record.epochs_done() >= config.epochs:  # stopped as it was ending: every epoch is there
+            folder.event("finished", epochs=config.epochs)
+        elif stopped:
+            folder.event("stopped", step=0, epoch=record.epochs_done(), batch=0)
+        elif error is not None:
+            from orchestrator.train import root_cause
+
+            folder.event("failed", error=root_cause(error))
+            log.error("run %s failed: %s", config.run_name, root_cause(error))
+        else:
+            epochs = record.epochs_done()
+            folder.event("stopped_early", epoch=epochs)
+            log.info("run %s: stopped early at epoch %d (%s)", config.run_name, epochs, config.sweep.scheduler)
+        folder.drain()
+    best = record.best()
+    return best["val/top1"] if best else math.nan
