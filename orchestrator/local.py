@@ -49,7 +49,8 @@ def fit(config: TrainConfig, rank: int | None = None, world: int | None = None) 
             folder.write_config(public_config(config))
         start = time.perf_counter()
         if Trainer(config, cluster).fit() == "stopped":
-            return exit_code(cluster.signals.signum if cluster.signals and cluster.signals.signum else signal.SIGINT)
+            assert cluster.signals is not None and cluster.signals.signum is not None  # its only stop source
+            return exit_code(cluster.signals.signum)
         if cluster.rank == 0:
             folder.event("finished", seconds=round(time.perf_counter() - start, 1))
             folder.drain()

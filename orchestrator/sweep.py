@@ -3,14 +3,11 @@ Ray Tune trials (orchestrator/tuning.py), `sweep.parallel` at once."""
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-
-log = logging.getLogger(__name__)
 
 
 def in_multirun() -> bool:

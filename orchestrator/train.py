@@ -212,12 +212,12 @@ def summarize(config: TrainConfig, result: ray.train.Result | None, error: str |
     """Record how the run ended and say what a user wants: accuracy, speed, where everything is."""
     folder = RunFolder(config.storage.url, config.run_name, config.storage.options)
     failed = error is not None
-    stopped = not failed and RunRecord.read(folder.url, folder.options).status == "stopped"  # rank 0 said so
+    record = RunRecord.read(folder.url, folder.options)  # what the workers wrote; the summary needs no more
+    stopped = not failed and record.status == "stopped"  # rank 0 said so
     end = {"seconds": round(seconds, 1), **({"error": error} if failed else {})}
     if not stopped:
         folder.event("failed" if failed else "finished", **end)
     folder.drain()
-    record = RunRecord.read(folder.url, folder.options)
     best = record.best() or {}
     wandb = record.events("wandb")
     checkpoint = result.checkpoint.path if result is not None and result.checkpoint else None
