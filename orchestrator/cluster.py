@@ -82,6 +82,11 @@ class Cluster:
         """The newest checkpoint of this run as a local folder, or None for a fresh start."""
         raise NotImplementedError
 
+    def wait_for_uploads(self, timeout_s: float) -> bool:
+        """Return once every checkpoint handed to `report` is in storage (True), or after
+        `timeout_s` (False). Adapters that upload inside `report` have nothing to wait for."""
+        return True
+
 
 @contextlib.contextmanager
 def newest_intact(folder: RunFolder, names: list[str]) -> Iterator[str | None]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 
 import ray.train
 import ray.train.torch
@@ -39,6 +40,8 @@ class RayCluster(Cluster):
         self.folder = folder
         # Only rank 0 watches for the driver's stop request; the Trainer shares what it sees.
         self.stop_watch = StopWatch(folder.stop_requested) if self.rank == 0 else None
+        self.uploading = 0  # checkpoints handed to Ray whose upload has not ended yet
+        self.uploaded = threading.Condition()
 
     def node(self) -> str:
         return ray.get_runtime_context().get_node_id()
@@ -56,21 +59,40 @@ class RayCluster(Cluster):
             never chosen for resume; the upload is retried through storage outages."""
             url = self.folder.path(name)
             try:
-                storage.put_dir(ckpt.path, url, self.folder.options)
-            finally:  # uploaded or failed for good, the staged copy must not pile up on the disk
-                checkpoint.discard(ckpt.path)
-            if best:
-                storage.copy_dir(url, self.folder.best_url, self.folder.options)
+                try:
+                    storage.put_dir(ckpt.path, url, self.folder.options)
+                finally:  # uploaded or failed for good, the staged copy must not pile up on the disk
+                    checkpoint.discard(ckpt.path)
+                if best:
+                    storage.copy_dir(url, self.folder.best_url, self.folder.options)
+            finally:
+                self._count_upload(-1)
             path, fs = storage.ray_storage(url, self.folder.options)
             return ray.train.Checkpoint(path=path, filesystem=fs)
 
-        ray.train.report(
-            metrics,
-            checkpoint=ray.train.Checkpoint.from_directory(folder) if folder else None,
-            checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC,
-            checkpoint_upload_fn=upload,
-            delete_local_checkpoint_after_upload=False,  # `upload` removes it, also when it fails
-        )
+        self._count_upload(+1 if folder else 0)
+        try:
+            ray.train.report(
+                metrics,
+                checkpoint=ray.train.Checkpoint.from_directory(folder) if folder else None,
+                checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC,
+                checkpoint_upload_fn=upload,
+                delete_local_checkpoint_after_upload=False,  # `upload` removes it, also when it fails
+            )
+        except BaseException:
+            self._count_upload(-1 if folder else 0)
+            raise
+
+    def _count_upload(self, change: int) -> None:
+        with self.uploaded:
+            self.uploading += change
+            self.uploaded.notify_all()
+
+    def wait_for_uploads(self, timeout_s: float) -> bool:
+        """Ray uploads in a background thread (CheckpointUploadMode.ASYNC) and waits for it
+        only when the run ends; what reads the best checkpoint before then waits here."""
+        with self.uploaded:
+            return self.uploaded.wait_for(lambda: self.uploading == 0, timeout_s)
 
     def restored_checkpoint(self) -> contextlib.AbstractContextManager[str | None]:
         """The newest intact checkpoint up to the one Ray registered last (a newer folder may

@@ -30,7 +30,8 @@ METRICS = "metrics.jsonl"
 BEST = "best"
 CHECKPOINT_PREFIX = "checkpoint_"
 STOP = "stop"
-END_EVENTS = ("finished", "failed", "stopped", "stopped_early")
+EARLY_STOP = "stopped_early"  # the reason a sweep's scheduler gives when it drops a run (tuning.py)
+END_EVENTS = ("finished", "failed", "stopped", EARLY_STOP)
 
 
 class Uploads:
@@ -96,6 +97,11 @@ class RunFolder:
 
     def stop_requested(self) -> bool:
         return storage.exists(self.path(STOP), self.options)
+
+    def stop_reason(self) -> str | None:
+        """Why a stop was requested ("SIGINT", EARLY_STOP, ...); None when none was."""
+        text = storage.read_text(self.path(STOP), self.options)
+        return json.loads(text).get("reason") if text else None
 
     def clear_stop(self) -> None:
         """At launch: a resumed run must not obey the request that stopped it last time."""
@@ -177,13 +183,24 @@ class RunRecord:
     def events(self, name: str) -> list[dict[str, Any]]:
         return [line for line in self.lines if line.get("event") == name]
 
+    def _last_end(self) -> dict[str, Any] | None:
+        """The event that ended the run last; None while it runs (a resumed run runs again)."""
+        ends = [line for line in self.lines if line.get("event") in (*END_EVENTS, "resumed")]
+        return ends[-1] if ends and ends[-1]["event"] != "resumed" else None
+
+    @property
+    def end_event(self) -> str | None:
+        """One of END_EVENTS, or None while the run runs."""
+        end = self._last_end()
+        return end["event"] if end else None
+
     @property
     def status(self) -> str:
         """finished | failed | stopped (resumable) | stopped early at epoch N (a sweep's scheduler) |
         running (also once a stopped run resumes) | empty."""
-        ends = [line for line in self.lines if line.get("event") in (*END_EVENTS, "resumed")]
-        if not ends or ends[-1]["event"] == "resumed":
+        end = self._last_end()
+        if end is None:
             return "running" if self.lines else "empty"
-        if ends[-1]["event"] == "stopped_early":
-            return f"stopped early at epoch {ends[-1]['epoch']}"
-        return ends[-1]["event"]
+        if end["event"] == EARLY_STOP:
+            return f"stopped early at epoch {end['epoch']}"
+        return end["event"]

@@ -8,6 +8,8 @@ import logging
 import os
 from typing import Any
 
+from orchestrator import storage
+from orchestrator.checkpoint import CHECKSUM_FILE, STATE_FILE
 from orchestrator.config import TrainConfig, public_config
 from orchestrator.runs import RunFolder
 
@@ -73,15 +75,63 @@ class Tracker:
         if self.run is not None:
             self.run.summary.update(values)
 
-    def finish(self, status: str = "finished") -> None:
-        """W&B has no "stopped" state: a stopped run says so in its summary and tags (and
-        finishes cleanly, so W&B does not show it as failed or crashed)."""
+    def checkpoint(self, url: str, **metadata: Any) -> None:
+        """The checkpoint folder at `url` as a W&B model artifact *by reference*: W&B records
+        where its files are and their digests, never a second copy (244 MB for the paper net).
+        Offline, the artifact is kept in the offline run and `wandb sync` uploads the record.
+        The digest is W&B's own (an MD5, or the object's ETag) where W&B's client reads the
+        storage as we do; elsewhere the reference is kept without one, and metadata["sha256"]
+        (our checksum of state.pt) still tells a changed file."""
+        if self.run is None:
+            return
+        import wandb
+
+        try:
+            sha256 = (storage.read_text(storage.join(url, CHECKSUM_FILE), self.folder.options) or "").strip()
+            artifact = wandb.Artifact(
+                f"model-{self.run.id}", type="model", metadata={**metadata, "url": url, "sha256": sha256},
+                description=f"best checkpoint of {self.folder.name}",
+            )  # fmt: skip
+            checksum = wandb_reads_as_we_do(url, self.folder.options)
+            for name in (STATE_FILE, CHECKSUM_FILE):
+                ref = reference_uri(storage.join(url, name))
+                try:
+                    artifact.add_reference(ref, name=name, checksum=checksum)
+                except Exception as err:  # W&B's client cannot read it (its credentials): the reference alone
+                    log.info("W&B cannot checksum %s (%s); referenced without a digest", ref, type(err).__name__)
+                    artifact.add_reference(ref, name=name, checksum=False)
+            self.run.log_artifact(artifact, aliases=["best"])
+        except Exception as err:  # W&B must never stop training, nor end it badly
+            log.warning("the best checkpoint was not logged to W&B (%s: %s)", type(err).__name__, err)
+            return
+        self.event("artifact", artifact=artifact.name, url=url, checksum=checksum)
+
+    def finish(self, status: str = "finished", **summary: Any) -> None:
+        """W&B has no "stopped" state: a stopped run ("stopped", "stopped early") says so in its
+        summary and tags, and finishes cleanly, so W&B does not show it as failed or crashed."""
         self.folder.drain()
         if self.run is not None:
             if status != "finished":
-                self.run.summary["status"] = status
+                self.run.summary.update({"status": status, **summary})
                 self.run.tags = (*self.run.tags, status)
             self.run.finish()
+
+
+def reference_uri(url: str) -> str:
+    """What W&B's reference handlers take: file:// with an absolute path for local files."""
+    if storage.is_local(url):
+        return "file://" + os.path.abspath(url.removeprefix("file://"))
+    return url
+
+
+def wandb_reads_as_we_do(url: str, options: dict[str, Any]) -> bool:
+    """Whether W&B's own client reaches `url` where fsspec does: W&B's S3 client takes its
+    endpoint from AWS_S3_ENDPOINT_URL only, so a custom endpoint in our storage options (MinIO,
+    a test server) is one it would miss, asking AWS instead."""
+    if url.startswith("s3://"):
+        ours = (options.get("client_kwargs") or {}).get("endpoint_url") or options.get("endpoint_url")
+        return ours is None or ours == os.environ.get("AWS_S3_ENDPOINT_URL")
+    return True
 
 
 class NullTracker:
@@ -90,4 +140,5 @@ class NullTracker:
     def log(self, *args: Any, **kwargs: Any) -> None: ...
     def event(self, *args: Any, **kwargs: Any) -> None: ...
     def summary(self, **kwargs: Any) -> None: ...
-    def finish(self, status: str = "finished") -> None: ...
+    def checkpoint(self, url: str, **metadata: Any) -> None: ...
+    def finish(self, status: str = "finished", **summary: Any) -> None: ...

@@ -36,7 +36,7 @@ from orchestrator.config import (
 from orchestrator.job import prepare
 from orchestrator.logs import setup as setup_logging
 from orchestrator.ray_cluster import train_loop
-from orchestrator.runs import RunFolder, RunRecord
+from orchestrator.runs import EARLY_STOP, RunFolder, RunRecord
 from orchestrator.stopping import StopRequests, exit_code, interrupts_blocked
 from orchestrator.sweep import in_multirun, job_names
 
@@ -213,9 +213,10 @@ def summarize(config: TrainConfig, result: ray.train.Result | None, error: str |
     folder = RunFolder(config.storage.url, config.run_name, config.storage.options)
     failed = error is not None
     record = RunRecord.read(folder.url, folder.options)  # what the workers wrote; the summary needs no more
-    stopped = not failed and record.status == "stopped"  # rank 0 said so
+    ended = record.end_event  # rank 0 says when the run stopped, or was stopped early by a sweep
+    stopped = not failed and ended == "stopped"
     end = {"seconds": round(seconds, 1), **({"error": error} if failed else {})}
-    if not stopped:
+    if failed or ended not in ("stopped", EARLY_STOP):
         folder.event("failed" if failed else "finished", **end)
     folder.drain()
     best = record.best() or {}
@@ -223,7 +224,7 @@ def summarize(config: TrainConfig, result: ray.train.Result | None, error: str |
     checkpoint = result.checkpoint.path if result is not None and result.checkpoint else None
     if checkpoint and not storage.is_local(config.storage.url):
         checkpoint = config.storage.url.split("://", 1)[0] + "://" + checkpoint
-    outcome = "FAILED" if failed else "finished"
+    outcome = "FAILED" if failed else record.status if ended == EARLY_STOP else "finished"
     if stopped:
         at = record.events("stopped")[-1]
         outcome = f"stopped at step {at['step']} (resume=true run_name={config.run_name} continues there)"

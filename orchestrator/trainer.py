@@ -39,7 +39,7 @@ from orchestrator.logs import setup as setup_logging
 from orchestrator.meter import Meter
 from orchestrator.network import autocast, build_model, make_optimizer
 from orchestrator.perf import Speed, peak_flops
-from orchestrator.runs import RunFolder
+from orchestrator.runs import EARLY_STOP, RunFolder
 from orchestrator.schedule import Schedule
 from orchestrator.tracking import NullTracker, Tracker
 
@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 # How often the ranks agree on a stop request on GPUs: reading the agreed value waits for the
 # GPU's queued work, so not every step (on the CPU it costs nothing: every step).
 STOP_CHECK_STEPS = 10
+# How long the end of a run waits for the best checkpoint's upload before it is logged to W&B.
+UPLOAD_WAIT_S = 600
 
 
 @dataclass
@@ -58,6 +60,7 @@ class Position:
     batch: int = 0
     step: int = 0
     best_top1: float = 0.0
+    best_epoch: int = 0  # the epoch (from 1) of best_top1; 0 in checkpoints from before it was kept
 
 
 class Trainer:
@@ -123,6 +126,7 @@ class Trainer:
             if epoch + 1 < c.epochs and self.stop_agreed(every=1):
                 return self.stop()
         self.tracker.summary(**{"best/val_top1": self.position.best_top1})
+        self.log_best_checkpoint()
         self.tracker.finish()
         return "finished"
 
@@ -181,10 +185,17 @@ class Trainer:
 
     def stop(self) -> str:
         """A checkpoint at this very step (unless one was just written), and the run marked
-        stopped: `resume=true` continues exactly here."""
+        stopped: `resume=true` continues exactly here. A sweep's scheduler asks the same way
+        (reason EARLY_STOP); such a run is recorded as stopped early after its last epoch."""
         pos = self.position
         if self.saved_at != pos.step:
             self.save({})
+        self.log_best_checkpoint()
+        if self.cluster.rank == 0 and self.folder.stop_reason() == EARLY_STOP:
+            self.tracker.event(EARLY_STOP, epoch=pos.epoch, step=pos.step)
+            log.info("stopped early by the sweep's scheduler after epoch %d", pos.epoch)
+            self.tracker.finish(status="stopped early", stopped_at_epoch=pos.epoch)
+            return "stopped"
         self.tracker.event("stopped", step=pos.step, epoch=pos.epoch, batch=pos.batch)
         log.info(
             "stopped at step %d (epoch %d, batch %d/%d) with a checkpoint there; resume=true continues from it",
@@ -192,6 +203,18 @@ class Trainer:
         )  # fmt: skip
         self.tracker.finish(status="stopped")
         return "stopped"
+
+    def log_best_checkpoint(self) -> None:
+        """Rank 0: the run's best checkpoint (best/) into W&B as a model artifact by reference,
+        once its upload has ended, with the val top-1 that made it best."""
+        pos = self.position
+        if self.cluster.rank != 0 or pos.best_top1 <= 0:
+            return
+        if not self.cluster.wait_for_uploads(UPLOAD_WAIT_S):
+            log.warning("the best checkpoint was still uploading after %d s; not logged to W&B", UPLOAD_WAIT_S)
+            return
+        epoch = {"epoch": pos.best_epoch} if pos.best_epoch else {}
+        self.tracker.checkpoint(self.folder.best_url, **{"val/top1": pos.best_top1, **epoch}, run=self.config.run_name)
 
     def step(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One SGD step on one batch; the loss stays on the device."""
@@ -256,7 +279,8 @@ class Trainer:
         self.schedule.after_epoch(metrics["val/top1"])
         pos.epoch, pos.batch = epoch + 1, 0
         improved = metrics["val/top1"] > pos.best_top1
-        pos.best_top1 = max(pos.best_top1, metrics["val/top1"])
+        if improved:
+            pos.best_top1, pos.best_epoch = metrics["val/top1"], epoch + 1
         metrics["val/best_top1"] = pos.best_top1
         self.tracker.log(pos.step, epoch, metrics)
         log.info(

@@ -7,8 +7,9 @@ at once as the cluster holds (at most `sweep.parallel`) and the rest queue.
 `sweep.scheduler` stops hopeless runs early on val top-1 per epoch: `asha` (Li et al. 2018,
 asynchronous successive halving: never waits, but cannot judge the first trials) or `hyperband`
 (Tune's synchronous HyperBandScheduler: waits for a rung to fill, so it saves more on a small
-grid). A run stopped that way keeps its checkpoints and metrics and is recorded as
-`stopped early at epoch N`."""
+grid). The scheduler's verdict reaches a run the way Ctrl-C does, as a stop request in its folder,
+so it ends cleanly: a checkpoint, its best checkpoint in W&B, its W&B run finished and tagged, and
+`stopped early at epoch N` in its record."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from orchestrator.config import SweepConfig, TrainConfig
-from orchestrator.runs import RunFolder, RunRecord
+from orchestrator.runs import EARLY_STOP, RunFolder, RunRecord
 
 log = logging.getLogger(__name__)
 
@@ -64,22 +65,43 @@ def epoch_reports():
     return EpochReports()
 
 
+def run_folder(config: TrainConfig) -> RunFolder:
+    return RunFolder(config.storage.url, config.run_name, config.storage.options)
+
+
 def in_trial() -> bool:
     return _in_trial
 
 
-def scheduler(sweep: SweepConfig, max_epochs: int):
+def scheduler(sweep: SweepConfig, max_epochs: int, runs: dict[int, TrainConfig]):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler
 
     common = {"time_attr": "epoch", "metric": METRIC, "mode": "max", "max_t": max_epochs}
     if sweep.scheduler == "asha":
         # stop_last_trials=False: a run that reached its last epoch ends by itself (W&B, summary)
-        return ASHAScheduler(
+        return stopping_gracefully(ASHAScheduler, runs)(
             **common, grace_period=sweep.grace_period, reduction_factor=sweep.reduction_factor, stop_last_trials=False
         )
     if sweep.scheduler == "hyperband":
-        return HyperBandScheduler(**common, reduction_factor=sweep.reduction_factor)
+        return stopping_gracefully(HyperBandScheduler, runs)(**common, reduction_factor=sweep.reduction_factor)
     return FIFOScheduler()
+
+
+def stopping_gracefully(base: type, runs: dict[int, TrainConfig]) -> type:
+    """`base` (a Tune scheduler) whose STOP is a stop request in the run's folder instead of a
+    killed trial: the run stops at its next step as on Ctrl-C (Tune would kill its workers, and
+    with them the W&B run and the last upload), then its trial returns by itself."""
+
+    class StoppingGracefully(base):
+        def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+            action = super().on_trial_result(tune_controller, trial, result)
+            if action != self.STOP:
+                return action
+            run_folder(runs[trial.config["job"]]).request_stop(EARLY_STOP)
+            return self.CONTINUE
+
+    StoppingGracefully.__name__ = f"Graceful{base.__name__}"
+    return StoppingGracefully
 
 
 def trial(params: dict[str, Any], jobs: dict[int, TrainConfig]) -> None:
@@ -90,7 +112,7 @@ def trial(params: dict[str, Any], jobs: dict[int, TrainConfig]) -> None:
     global _in_trial
     _in_trial = True
     config = jobs[params["job"]]
-    folder = RunFolder(config.storage.url, config.run_name, config.storage.options)
+    folder = run_folder(config)
     if folder.stop_requested():
         folder.event("stopped", step=0, epoch=0, batch=0)
         folder.drain()
@@ -118,19 +140,22 @@ def run_trials(jobs: dict[int, TrainConfig], experiment_dir: str) -> dict[int, f
         log.error("no run of this sweep can start: %s", err)
         sys.exit(2)
     epochs = max(c.epochs for c in jobs.values())
+    folders = {job: run_folder(config) for job, config in jobs.items()}
+    for folder in folders.values():  # a request left by an earlier sweep of these runs is not for this one
+        folder.clear_stop()
     log.info("%d runs as Ray Tune trials, at most %d at once, scheduler %s", len(jobs), sweep.parallel, sweep.scheduler)
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(trial, jobs=jobs), {"cpu": TRIAL_CPU}),
         param_space={"job": tune.grid_search(sorted(jobs))},
         tune_config=tune.TuneConfig(
-            scheduler=scheduler(sweep, epochs), max_concurrent_trials=sweep.parallel, reuse_actors=False
+            scheduler=scheduler(sweep, epochs, jobs), max_concurrent_trials=sweep.parallel, reuse_actors=False
         ),
         run_config=tune.RunConfig(
             name="tune", storage_path=os.path.abspath(experiment_dir), verbose=0, log_to_file=True
         ),
     )
-    for config in jobs.values():  # Ctrl-C: every run of the sweep checkpoints and stops
-        STOPS.track(config.run_name, RunFolder(config.storage.url, config.run_name, config.storage.options))
+    for job, config in jobs.items():  # Ctrl-C: every run of the sweep checkpoints and stops
+        STOPS.track(config.run_name, folders[job])
     try:
         results = off_the_main_thread(tuner.fit)
     finally:
@@ -143,7 +168,7 @@ def run_trials(jobs: dict[int, TrainConfig], experiment_dir: str) -> dict[int, f
 def outcome(config: TrainConfig, error: Exception | None, stopped: bool = False) -> float:
     """A run that ended without an end event was ended by the scheduler (`stopped_early`), by a
     Ctrl-C on the sweep (`stopped`), or its trial failed outside the run (`failed`)."""
-    folder = RunFolder(config.storage.url, config.run_name, config.storage.options)
+    folder = run_folder(config)
     record = RunRecord.read(folder.url, folder.options)
     if record.status in ("running", "empty"):
         if record.epochs_done() >= config.epochs:  # stopped as it was ending: every epoch is there
@@ -157,7 +182,7 @@ def outcome(config: TrainConfig, error: Exception | None, stopped: bool = False)
             log.error("run %s failed: %s", config.run_name, root_cause(error))
         else:
             epochs = record.epochs_done()
-            folder.event("stopped_early", epoch=epochs)
+            folder.event(EARLY_STOP, epoch=epochs)
             log.info("run %s: stopped early at epoch %d (%s)", config.run_name, epochs, config.sweep.scheduler)
         folder.drain()
     best = record.best()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import socket
 
 import pytest
@@ -61,7 +63,8 @@ def s3_bucket(s3_server, request):
 
     options = {"client_kwargs": {"endpoint_url": s3_server}}
     fs = s3fs.S3FileSystem(**options, skip_instance_cache=True)
-    name = "b-" + request.node.name.lower().replace("_", "-")[:40].strip("-")
+    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:40].strip("-")
+    name = f"b-{slug}-{hashlib.sha1(request.node.name.encode()).hexdigest()[:8]}"  # parametrized: one each
     fs.mkdir(name)
     return name, options
 

@@ -11,6 +11,7 @@ import sys
 import pytest
 from conftest import REPO
 from PIL import Image
+from wandb_records import artifacts, exit_code, offline_run, tags
 
 from orchestrator.compare import main as compare
 
@@ -91,3 +92,11 @@ def test_asha_stops_runs_early_and_compare_says_what_that_saved(tiny_shards, tmp
     assert rows[0.05]["reached"]["0.01"]["epoch"] == 1
     assert compare(["--storage", runs]) == 0
     assert "stopping runs early saved" in capsys.readouterr().out
+    # the scheduler's verdict reached the run as a stop request: it ended itself, cleanly
+    folder = os.path.join(runs, stopped["run"])
+    with open(os.path.join(folder, "metrics.jsonl")) as f:
+        ends = [e for e in map(json.loads, f) if e.get("event") == "stopped_early"]
+    assert len(ends) == 1 and "step" in ends[0]  # written by the run, not by the driver after it
+    records = offline_run(folder)
+    assert "stopped early" in tags(records) and exit_code(records) == 0
+    assert artifacts(records)[0]["metadata"]["val/top1"] == stopped["best"]

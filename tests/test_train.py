@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import glob
+import hashlib
 import json
 import os
 
 import pytest
 import torch
 from conftest import compose, tiny_run_overrides
+from wandb_records import artifacts, offline_run
 
 from orchestrator import checkpoint
 from orchestrator.evaluate import run as evaluate_run
@@ -16,6 +19,10 @@ from orchestrator.runs import RunRecord
 from orchestrator.train import prepare, run
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+
+def best_epoch(vals: list[dict]) -> int:
+    return max(vals, key=lambda v: v["val/top1"])["epoch"]
 
 
 def lines(run_dir) -> list[dict]:
@@ -42,9 +49,15 @@ def test_two_workers_train_checkpoint_and_log(local_ray, tiny_shards, tmp_path, 
     assert state["position"]["epoch"] == 2 and state["position"]["batch"] == 0
     assert set(state) >= {"model", "optimizer", "schedule", "position", "config"}
     assert checkpoint.load(str(run_dir / "best"))["metrics"]["val/top1"] == best
-    # an offline W&B run with the config
+    # an offline W&B run with the config, and the best checkpoint as a model artifact by reference
+    # (read after Ray's background upload of best/ ended: W&B's digest is of the whole file)
     offline = glob.glob(str(run_dir / "wandb" / "offline-run-*"))
     assert len(offline) == 1 and glob.glob(offline[0] + "/run-*.wandb")
+    (artifact,) = artifacts(offline_run(str(run_dir)))
+    assert artifact["metadata"]["val/top1"] == best and artifact["metadata"]["epoch"] == best_epoch(vals) + 1
+    entry = artifact["entries"][checkpoint.STATE_FILE]
+    with open(run_dir / "best" / checkpoint.STATE_FILE, "rb") as f:
+        assert entry["digest"] == base64.b64encode(hashlib.md5(f.read()).digest()).decode()
     assert RunRecord.read(str(run_dir)).config["optim"]["lr"] == 0.02
     # evaluate the checkpoint: centre and ten crops
     cfg = compose_evaluate(f"checkpoint={ckpts[-1]}", f"data.url={tiny_shards}", "eval.ten_crop=true")
@@ -99,6 +112,7 @@ def test_shards_and_checkpoints_on_s3(local_ray, tiny_shards, s3_bucket, tmp_pat
     cfg = compose(*tiny_run_overrides(f"s3://{bucket}/shards", f"s3://{bucket}/runs", run_name="s3run"))
     cfg.data.storage_options = options
     cfg.storage.options = options
+    cfg.logger.dir = str(tmp_path / "wandb")
     run(cfg)
     names = {p.rsplit("/", 1)[-1] for p in fs.ls(f"{bucket}/runs/s3run")}
     assert {"metrics.jsonl", "config.yaml", "best"} <= names
@@ -109,6 +123,8 @@ def test_shards_and_checkpoints_on_s3(local_ray, tiny_shards, s3_bucket, tmp_pat
     path.write_bytes(data)
     assert torch.load(path, weights_only=True)["position"]["epoch"] == 1
     assert "client_kwargs" in fs.cat(f"{bucket}/runs/s3run/config.yaml").decode()
+    (artifact,) = artifacts(offline_run(str(tmp_path / "wandb")))  # W&B points at the bucket
+    assert artifact["entries"][checkpoint.STATE_FILE]["ref"] == f"s3://{bucket}/runs/s3run/best/{checkpoint.STATE_FILE}"
 
 
 def test_resume_through_ray_skips_a_damaged_newest_checkpoint(local_ray, tiny_shards, tmp_path):
