@@ -149,3 +149,9 @@ class StopRequests:
 
 class RequestsStop(Protocol):
     def request_stop(self, reason: str) -> None: ...
+
+
+# The one per process. Not in orchestrator.train: run as `python -m orchestrator.train` that is
+# __main__, and a sweep's launcher imports orchestrator.train a second time, which would make a
+# second object that no signal handler knows about.
+STOPS = StopRequests()  # Ctrl-C / SIGTERM: the runs this process drives checkpoint and stop

@@ -37,14 +37,13 @@ from orchestrator.job import prepare
 from orchestrator.logs import setup as setup_logging
 from orchestrator.ray_cluster import train_loop
 from orchestrator.runs import EARLY_STOP, RunFolder, RunRecord
-from orchestrator.stopping import StopRequests, exit_code, interrupts_blocked
+from orchestrator.stopping import STOPS, exit_code, interrupts_blocked
 from orchestrator.sweep import in_multirun, job_names
 
 register()
 log = logging.getLogger("orchestrator.train")
 T = TypeVar("T")
 
-STOPS = StopRequests()  # Ctrl-C / SIGTERM: the runs this process drives checkpoint and stop
 # gitignore patterns: anchored with "/", or "data/" would also drop conf/data/ (a config group)
 SHIP_EXCLUDES = [
     "/data/", "/runs/", "/outputs/", "/multirun/", "/wandb-runs/", "wandb/", "/.venv/", ".git/", "*.tar",

@@ -130,7 +130,8 @@ def run_trials(jobs: dict[int, TrainConfig], experiment_dir: str) -> dict[int, f
     from ray import tune
 
     from orchestrator.config import ConfigError
-    from orchestrator.train import STOPS, off_the_main_thread, scaling
+    from orchestrator.stopping import STOPS
+    from orchestrator.train import off_the_main_thread, scaling
 
     first = next(iter(jobs.values()))
     sweep = first.sweep

@@ -130,6 +130,21 @@ def test_a_job_submitted_to_a_two_node_cluster_runs_one_worker_per_node(tiny_sha
         assert record[-1]["event"] == "finished"
         assert any(name.startswith("checkpoint_") for name in os.listdir(os.path.join(runs, "two-nodes")))
 
+        # A sweep none of whose runs the cluster can hold ends in one line, before any trial starts:
+        # what one run needs, what the nodes have.
+        before = set(os.listdir(runs))
+        sweep = subprocess.run(
+            [sys.executable, "-m", "orchestrator.train", "-m", "optim.lr=0.1,0.2", f"cluster.address=127.0.0.1:{gcs}",
+             *tiny_run_overrides(tiny_shards, runs), "cluster.gpus_per_worker=0", "cluster.cpus_per_worker=2",
+             "cluster.placement_timeout_s=1", f"hydra.sweep.dir={tmp_path}/sweep"],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert sweep.returncode == 2, sweep.stderr[-3000:]
+        last = sweep.stderr.strip().splitlines()[-1]
+        assert "no run of this sweep can start: the job needs 2 workers of 2 CPU each" in last, last
+        assert "(1 CPU; 1 CPU) hold 0" in last, last
+        assert set(os.listdir(runs)) == before  # nothing was started
+
         # `ray job stop` (SIGTERM to the driver, SIGKILL after RAY_JOB_STOP_WAIT_TIME_S): the run
         # checkpoints where it is and ends `stopped`, not killed.
         overrides = tiny_run_overrides(tiny_shards, runs, run_name="stopped", epochs=30, log_every_steps=1)

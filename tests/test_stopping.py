@@ -65,7 +65,7 @@ def signal_at_step(proc: subprocess.Popen, run_dir: str, step: int, signum: int,
 @pytest.mark.timeout(600)
 def test_ctrl_c_checkpoints_the_current_step_and_resume_repeats_the_uninterrupted_run(local_ray, tiny_shards, tmp_path):
     runs = str(tmp_path / "runs")
-    common = {"epochs": 8, "log_every_steps": 1, "checkpoint.every_steps": 1000, "data.workers": 1}
+    common = {"epochs": 4, "log_every_steps": 1, "checkpoint.every_steps": 1000, "data.workers": 1}
     run(compose(*tiny_run_overrides(tiny_shards, runs, run_name="clean", **common)))
     clean = losses(lines(os.path.join(runs, "clean")))
 

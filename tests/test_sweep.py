@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from conftest import REPO
 from PIL import Image
 from wandb_records import artifacts, exit_code, offline_run, tags
 
+from orchestrator import checkpoint
 from orchestrator.compare import main as compare
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -44,20 +48,20 @@ def tiny(shards: str, runs: str) -> list[str]:
 
 def test_lr_by_dropout_sweep_with_a_failing_job(tiny_shards, tmp_path, capsys):
     runs = str(tmp_path / "runs")
-    proc = train("-m", "optim.lr=0.02,0.01", "model.dropout=0.5,0.3,1.5", "sweep.parallel=2", *tiny(tiny_shards, runs))
+    proc = train("-m", "optim.lr=0.02,0.01", "model.dropout=0.5,1.5", "sweep.parallel=2", *tiny(tiny_shards, runs))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stderr.count("model.dropout=1.5 must be in [0, 1)") == 2  # the sweep went on
     folders = sorted(f for f in os.listdir(runs) if not f.startswith("."))
-    assert len(folders) == 6 and len({f.split("_")[0] for f in folders}) == 1  # one group
+    assert len(folders) == 4 and len({f.split("_")[0] for f in folders}) == 1  # one group
     png = tmp_path / "sweep.png"
     assert compare(["--storage", runs, "--plot", str(png)]) == 0
     capsys.readouterr()
     assert compare(["--storage", runs, "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert len(rows) == 6
+    assert len(rows) == 4
     assert {"optim.lr", "model.dropout"} <= set(rows[0]["settings"])
-    assert [r["status"] for r in rows] == ["finished"] * 4 + ["failed"] * 2  # best first, failures last
-    tops = [r["best"] for r in rows[:4]]
+    assert [r["status"] for r in rows] == ["finished"] * 2 + ["failed"] * 2  # best first, failures last
+    tops = [r["best"] for r in rows[:2]]
     assert tops == sorted(tops, reverse=True)
     with Image.open(png) as img:
         assert img.format == "PNG"
@@ -100,3 +104,56 @@ def test_asha_stops_runs_early_and_compare_says_what_that_saved(tiny_shards, tmp
     records = offline_run(folder)
     assert "stopped early" in tags(records) and exit_code(records) == 0
     assert artifacts(records)[0]["metadata"]["val/top1"] == stopped["best"]
+
+
+def tail(log: str) -> str:
+    with open(log) as f:
+        return f.read()[-3000:]
+
+
+def test_ctrl_c_on_a_sweep_stops_every_run_and_leaves_each_readable(tiny_shards, tmp_path, capsys):
+    """Ctrl-C reaches the whole terminal group: the running trial checkpoints where it is and
+    ends `stopped`, the queued ones never start, the driver exits 130, and compare reads all."""
+    runs = str(tmp_path / "runs")
+    args = [a for a in tiny(tiny_shards, runs) if not a.startswith(("epochs=", "log_every_steps="))]
+    log = str(tmp_path / "sweep.log")
+    with open(log, "w") as out:
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator.train", "-m", "optim.lr=0.05,0.02,0.01", "epochs=30",
+             "log_every_steps=1", "sweep.parallel=1", *args],
+            cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+
+    def steps() -> int:
+        done = 0
+        for name in os.listdir(runs) if os.path.isdir(runs) else []:
+            with contextlib.suppress(FileNotFoundError), open(os.path.join(runs, name, "metrics.jsonl")) as f:
+                done = max([done, *(json.loads(line).get("step", 0) for line in f if "train/loss" in line)])
+        return done
+
+    deadline = time.monotonic() + 300
+    while steps() < 3:
+        assert driver.poll() is None and time.monotonic() < deadline, tail(log)
+        time.sleep(0.3)
+    os.killpg(driver.pid, signal.SIGINT)
+    assert driver.wait(timeout=300) == 130, tail(log)
+
+    capsys.readouterr()
+    assert compare(["--storage", runs, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 3 and {r["status"] for r in rows} == {"stopped"}, rows
+
+    def checkpoints(name: str) -> list[str]:
+        folder = os.path.join(runs, name)
+        return sorted(n for n in os.listdir(folder) if n.startswith("checkpoint_") and os.path.isdir(f"{folder}/{n}"))
+
+    (trained,) = [r["run"] for r in rows if checkpoints(r["run"])]  # the queued two never started
+    folder = os.path.join(runs, trained)
+    with open(os.path.join(folder, "metrics.jsonl")) as f:
+        end = [json.loads(line) for line in f][-1]
+    assert end["event"] == "stopped" and end["step"] >= 3
+    newest = os.path.join(folder, checkpoints(trained)[-1])
+    assert checkpoint.load(newest)["position"]["step"] == end["step"]  # a checkpoint where it stopped
+    records = offline_run(folder)
+    assert "stopped" in tags(records) and exit_code(records) == 0

@@ -19,15 +19,15 @@ from orchestrator.config import REPO_ROOT
 GRID = ["optim.lr=0.04,0.01,0.0025", "model.dropout=0.5,0.3"]
 
 
-def sweep(scheduler: str, root: str, epochs: int, parallel: int, shards: str) -> dict:
+def sweep(scheduler: str, root: str, epochs: int, parallel: int, shards: str, grace: int, factor: int) -> dict:
     runs = os.path.join(root, scheduler)
     start = time.perf_counter()
     subprocess.run(
         [
             sys.executable, "-m", "orchestrator.train", "-m", *GRID, f"epochs={epochs}", f"data.url={shards}",
             f"storage.url={runs}", f"hydra.sweep.dir={runs}/.sweep", f"sweep.scheduler={scheduler}",
-            f"sweep.parallel={parallel}", "sweep.reduction_factor=2", "sweep.grace_period=2", "logger.mode=disabled",
-            "log_every_steps=100", "data.workers=0",
+            f"sweep.parallel={parallel}", f"sweep.reduction_factor={factor}", f"sweep.grace_period={grace}",
+            "logger.mode=disabled", "log_every_steps=100", "data.workers=0",
         ],
         cwd=REPO_ROOT, check=True, stdout=subprocess.DEVNULL,
     )  # fmt: skip
@@ -47,10 +47,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parallel", type=int, default=2)
     p.add_argument("--shards", default=os.path.join(REPO_ROOT, "data", "shards", "demo"))
     p.add_argument("--schedulers", default="none,asha,hyperband")
+    p.add_argument("--grace-period", type=int, default=1, help="sweep.grace_period")
+    p.add_argument("--reduction-factor", type=int, default=2, help="sweep.reduction_factor")
     p.add_argument("--out", default="early-stopping.json")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="early-stopping-") as root:
-        results = {s: sweep(s, root, args.epochs, args.parallel, args.shards) for s in args.schedulers.split(",")}
+        results = {
+            s: sweep(s, root, args.epochs, args.parallel, args.shards, args.grace_period, args.reduction_factor)
+            for s in args.schedulers.split(",")
+        }
     full = results.get("none")
     if full:
         for r in results.values():
