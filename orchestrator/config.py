@@ -29,6 +29,7 @@ class ConfigError(ValueError):
     """A bad configuration value: one sentence naming the key and what to do."""
 
 
+COMM_HOOKS = ("none", "bf16", "fp16", "powersgd")  # ddp.comm_hook (orchestrator/gradients.py)
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")  # Ray's placement-group strategies
 
 
@@ -151,14 +152,34 @@ class OptimConfig:
     # for its batch of 128; none: lr as given, whatever the global batch
     scale_lr: str = "none"
     reference_batch: int = 128
+    # batches per optimizer step: gradients of `accumulate` batches are summed (all-reduced once,
+    # with DDP's no_sync on the others), so the global batch is batch_size x nodes x accumulate
+    accumulate: int = 1
 
     def __post_init__(self) -> None:
         one_of("optim.name", self.name, ("sgd",))
+        at_least("optim.accumulate", self.accumulate, 1)
         positive("optim.lr", self.lr)
         within("optim.momentum", self.momentum, 0.0, 1.0, high_included=False)
         at_least("optim.weight_decay", self.weight_decay, 0)
         one_of("optim.scale_lr", self.scale_lr, ("none", "linear"))
         at_least("optim.reference_batch", self.reference_batch, 1)
+
+
+@dataclass
+class DDPConfig:
+    """How gradients cross workers (orchestrator/gradients.py)."""
+
+    comm_hook: str = "none"  # none | bf16 | fp16 | powersgd
+    powersgd_rank: int = 4  # powersgd: the rank of each gradient matrix's approximation
+    powersgd_start_step: int = 1000  # powersgd: plain all-reduce before this step
+    bucket_cap_mb: float = 25.0  # DDP's bucket size: bigger buckets, fewer all-reduce calls
+
+    def __post_init__(self) -> None:
+        one_of("ddp.comm_hook", self.comm_hook, COMM_HOOKS)
+        at_least("ddp.powersgd_rank", self.powersgd_rank, 1)
+        at_least("ddp.powersgd_start_step", self.powersgd_start_step, 1)
+        positive("ddp.bucket_cap_mb", self.bucket_cap_mb)
 
 
 @dataclass
@@ -281,6 +302,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    ddp: DDPConfig = field(default_factory=DDPConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -312,7 +334,7 @@ class TrainConfig:
     def global_batch(self) -> int:
         if self.cluster.nodes is None:
             raise ValueError("cluster.nodes is decided when the job meets its cluster; ask after that")
-        return self.batch_size * self.cluster.nodes
+        return self.batch_size * self.cluster.nodes * self.optim.accumulate
 
     @property
     def lr(self) -> float:

@@ -8,6 +8,7 @@ collective at the same log steps, and `report` at the same checkpoints (Ray's is
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -19,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from model.profile import profile_split_step
 from model.profile import summarize as summarize_profile
 from model.summary import train_flops_per_image
-from orchestrator import checkpoint
+from orchestrator import checkpoint, gradients
 from orchestrator.cluster import Cluster
 from orchestrator.config import TrainConfig, public_config
 from orchestrator.data import (
@@ -78,15 +79,25 @@ class Trainer:
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.net: torch.nn.Module = self.model
+        self.ddp: DistributedDataParallel | None = None
+        self.hook_state = None  # the comm hook's (PowerSGD's error feedback): checkpointed
         if cluster.world > 1:  # device_ids=None: the module may span two devices
-            self.net = DistributedDataParallel(self.model, device_ids=None, gradient_as_bucket_view=True)
+            self.ddp = DistributedDataParallel(
+                self.model, device_ids=None, gradient_as_bucket_view=True, bucket_cap_mb=config.ddp.bucket_cap_mb
+            )
+            self.hook_state = gradients.attach(self.ddp, config.ddp, config.seed)
+            self.net = self.ddp
         if config.compile:
             self.net = torch.compile(self.net)
         self.optimizer = make_optimizer(self.model, config.optim, config.lr)
-        self.steps = steps_per_epoch(self.manifest.splits["train"], cluster.world, config.batch_size)
+        # An epoch: `batches` per rank, `steps` optimizer steps of optim.accumulate batches each
+        accumulate = config.optim.accumulate
+        self.steps = steps_per_epoch(self.manifest.splits["train"], cluster.world, config.batch_size) // accumulate
+        self.batches = self.steps * accumulate
         if self.steps == 0:
             raise DataError(
                 f"the train split has too few samples for {cluster.world} workers x batch {config.batch_size}"
+                + (f" x {accumulate} accumulated batches" if accumulate > 1 else "")
             )
         self.schedule = Schedule(self.optimizer, config.schedule, config.epochs, self.steps, config.warmup_epochs)
 
@@ -152,22 +163,28 @@ class Trainer:
         self.meter.reset()
         tick = time.perf_counter()
         for images, labels, skipped in stream.batches(c.data.workers, pin_memory=self.device.type == "cuda"):
+            if pos.batch == self.batches:  # the last few, short of a whole accumulation
+                break
             waited = time.perf_counter() - tick
-            self.reseed()
+            micro = pos.batch % c.optim.accumulate  # this batch's place in its optimizer step
+            self.reseed(micro)
             labels = labels.to(self.device, non_blocking=True)
             x = self.transform(images, train=True)
             every = c.perf.profile_every_steps
-            if every and (pos.step + 1) % every == 0 and self.model.placement.split_path:
+            if every and micro == 0 and (pos.step + 1) % every == 0 and self.model.placement.split_path:
                 self.profile(epoch, x, labels)
-            logits, loss = self.step(x, labels)
-            pos.step += 1
+            logits, loss = self.step(x, labels, micro)
             pos.batch += 1
             self.meter.add(loss, logits, labels, skipped, waited)
+            tick = time.perf_counter()
+            if micro + 1 < c.optim.accumulate:
+                continue
+            pos.step += 1
             if pos.step == first_step + 1:  # how long launching took, from the user's side
                 self.tracker.event("first_step", step=pos.step)
-            if pos.step % c.log_every_steps == 0 or pos.batch == self.steps:
+            if pos.step % c.log_every_steps == 0 or pos.batch == self.batches:
                 self.log_train(epoch)
-            if pos.step % c.checkpoint.every_steps == 0 and pos.batch < self.steps:
+            if pos.step % c.checkpoint.every_steps == 0 and pos.batch < self.batches:
                 self.save({})
             if self.stop_agreed():
                 return False
@@ -199,7 +216,7 @@ class Trainer:
         self.tracker.event("stopped", step=pos.step, epoch=pos.epoch, batch=pos.batch)
         log.info(
             "stopped at step %d (epoch %d, batch %d/%d) with a checkpoint there; resume=true continues from it",
-            pos.step, pos.epoch + 1, pos.batch, self.steps,
+            pos.step, pos.epoch + 1, pos.batch, self.batches,
         )  # fmt: skip
         self.tracker.finish(status="stopped")
         return "stopped"
@@ -216,15 +233,22 @@ class Trainer:
         epoch = {"epoch": pos.best_epoch} if pos.best_epoch else {}
         self.tracker.checkpoint(self.folder.best_url, **{"val/top1": pos.best_top1, **epoch}, run=self.config.run_name)
 
-    def step(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One SGD step on one batch; the loss stays on the device."""
-        with autocast(self.device, self.config.precision):
-            logits = self.net(x)
-        loss = F.cross_entropy(logits.float(), labels)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        self.schedule.after_step()
+    def step(self, x: torch.Tensor, labels: torch.Tensor, micro: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """One batch's forward and backward; the SGD step after the last of optim.accumulate
+        batches, whose gradients are the mean over all of them. Only that last backward
+        all-reduces (DDP's no_sync on the others). The loss stays on the device."""
+        accumulate = self.config.optim.accumulate
+        last = micro == accumulate - 1
+        sync = self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext()
+        with sync:
+            with autocast(self.device, self.config.precision):
+                logits = self.net(x)
+            loss = F.cross_entropy(logits.float(), labels)
+            (loss / accumulate if accumulate > 1 else loss).backward()
+        if last:
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.schedule.after_step()
         return logits, loss
 
     def profile(self, epoch: int, x: torch.Tensor, labels: torch.Tensor) -> None:
@@ -247,15 +271,15 @@ class Trainer:
         metrics = self.meter.read()
         step_s = metrics.pop("step_s")
         epochs_after = self.config.epochs - epoch - 1
-        run_left = self.val_seconds + epochs_after * (self.steps * step_s + self.val_seconds)
+        run_left = self.val_seconds + epochs_after * (self.batches * step_s + self.val_seconds)
         perf = self.speed.metrics(
-            metrics["images_per_s"], metrics["data_wait"], step_s, self.steps - pos.batch, run_left
+            metrics["images_per_s"], metrics["data_wait"], step_s, self.batches - pos.batch, run_left
         )
         metrics.update(perf, lr=self.optimizer.param_groups[0]["lr"])
         self.tracker.log(pos.step, epoch, metrics)
         log.info(
             "epoch %d/%d batch %d/%d step %d loss %.3f top1 %.1f%% lr %.2g | %s",
-            epoch + 1, self.config.epochs, pos.batch, self.steps, pos.step, metrics["train/loss"],
+            epoch + 1, self.config.epochs, pos.batch, self.batches, pos.step, metrics["train/loss"],
             100 * metrics["train/top1"], metrics["lr"], Speed.describe(perf),
         )  # fmt: skip
 
@@ -291,28 +315,38 @@ class Trainer:
 
     # --- checkpoints: one path, through the cluster
     def state_dict(self) -> dict:
-        return {
+        state = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
             "position": asdict(self.position),
         }
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         self.position = Position(**state["position"])
+        if self.hook_state is not None and "comm_hook" in state:
+            self.hook_state.load_state_dict(state["comm_hook"])
 
     def save(self, metrics: dict[str, float], best: bool = False) -> None:
         """Every rank reports; rank 0 also hands over a checkpoint (best: kept as best/ too)."""
         folder = None
+        hook = None
+        if self.hook_state is not None:  # a collective: every rank, at the same save
+            hook = self.hook_state.state_dict(self.mean_over_ranks)
         if self.cluster.rank == 0:
             folder = checkpoint.stage(self.config.run_name)
-            checkpoint.save(folder, **self.state_dict(), metrics=metrics, config=public_config(self.config))
+            state = self.state_dict() | ({"comm_hook": hook} if hook else {})
+            checkpoint.save(folder, **state, metrics=metrics, config=public_config(self.config))
         pos = self.position
         self.cluster.report({**metrics, "step": pos.step, "epoch": pos.epoch}, folder, best)
         self.saved_at = pos.step
+
+    def mean_over_ranks(self, values: torch.Tensor) -> torch.Tensor:
+        return (self.cluster.all_reduce(values.clone()) / self.cluster.world).to(values.device)
 
     def restore(self) -> None:
         with self.cluster.restored_checkpoint() as folder:
@@ -321,8 +355,10 @@ class Trainer:
                 pos = self.position
                 self.tracker.event("resumed", step=pos.step, epoch=pos.epoch, batch=pos.batch)
 
-    def reseed(self) -> None:
-        """Before every step: its dropout masks and colour noise depend on (seed, rank, step)
-        alone, so a run resumed at any step (a checkpoint, a stop) repeats the uninterrupted
-        run's random numbers exactly. A seed costs microseconds; a step, milliseconds."""
-        torch.manual_seed(stable_seed(self.config.seed, self.cluster.rank, "step", self.position.step))
+    def reseed(self, micro: int = 0) -> None:
+        """Before every batch: its dropout masks and colour noise depend on (seed, rank, step,
+        its place in an accumulated step) alone, so a run resumed at any step (a checkpoint, a
+        stop) repeats the uninterrupted run's random numbers exactly. A seed costs
+        microseconds; a step, milliseconds."""
+        where = ("step", self.position.step) + ((micro,) if micro else ())
+        torch.manual_seed(stable_seed(self.config.seed, self.cluster.rank, *where))
