@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook
 from torch.distributed.algorithms.ddp_comm_hooks.powerSGD_hook import _should_compress
 from torch.nn.parallel import DistributedDataParallel
@@ -61,6 +62,13 @@ class PowerSGD:
         self.shapes = {name: tuple(p.shape) for name, p in ddp.module.named_parameters()}
         self.layouts: dict[int, tuple[str, ...]] = {}  # bucket index -> its parameters, in order
         self.pending: dict[str, dict[str, torch.Tensor]] = {}  # per-parameter state not yet in a bucket
+        # powerSGD_hook issues its second all-reduce (Q) from a callback of the first (P). On
+        # gloo, callbacks run on gloo's threads as transfers finish, so with two buckets in
+        # flight the ranks can issue their collectives in different orders: a size mismatch
+        # ("Received data size doesn't match expected size") or a hang, measured on this
+        # machine. There each bucket's exchange is finished before the next begins. (NCCL's
+        # futures run callbacks in issue order, so GPUs keep the overlap.)
+        self.one_bucket_at_a_time = dist.get_backend() == "gloo"
         ddp.register_comm_hook(self, PowerSGD.hook)
 
     @staticmethod
@@ -76,7 +84,10 @@ class PowerSGD:
         if index not in self.layouts and self.pending:
             self.regroup(index, names, bucket.buffer())
         self.layouts[index] = names
-        return powerSGD_hook.powerSGD_hook(self.state, bucket)
+        future = powerSGD_hook.powerSGD_hook(self.state, bucket)
+        if self.one_bucket_at_a_time:
+            future.wait()
+        return future
 
     def compressed(self, names: tuple[str, ...]) -> list[tuple[str, int]]:
         """The parameters of a bucket whose gradients PowerSGD compresses, in the order their Qs
