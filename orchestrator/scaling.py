@@ -69,8 +69,10 @@ def all_reduce_s(size: int, workers: int, link: Link) -> float:
     return 2 * (workers - 1) / workers * size / link.bytes_per_s + 2 * (workers - 1) * buckets * link.latency_s
 
 
-def images_per_s(workers: int, per_worker: float, batch: int, size: int, link: Link, overlap: float = 0.0) -> float:
-    step = batch / per_worker + (1 - overlap) * all_reduce_s(size, workers, link)
+def images_per_s(workers: int, per_worker: float, batch: int, size: int, link: Link, overlap: float = 0.0,
+                 hook_s: float = 0.0) -> float:  # fmt: skip
+    """`hook_s`: the hook's own work per step (casting, PowerSGD's matrix products), if known."""
+    step = batch / per_worker + hook_s + (1 - overlap) * all_reduce_s(size, workers, link)
     return workers * batch / step
 
 
@@ -107,19 +109,31 @@ def verdicts(rows: list[dict]) -> list[str]:
     return lines
 
 
+HOOK_DTYPE = {"none": "fp32", "bf16": "bf16", "fp16": "fp16", "powersgd": "fp32"}
+
+
 def check(measured: dict, hooks: list[str], batch: int = 2) -> list[dict]:
-    """The projection against gradient_traffic's measurement: for each number of workers and
-    hook, images/s from the measured compute time (the step without its all-reduce), the
-    measured bytes and the bus bandwidth measured at that size, vs the images/s measured."""
+    """The projection against gradient_traffic's measurement (gloo workers sharing one machine).
+    Its inputs, each measured apart: the compute time (the step under no_sync), the hook's own
+    work (what the step costs over no_sync with one worker, where nothing crosses a link; with
+    N workers on these few cores it slows as the compute does), the bytes, and the bus
+    bandwidth of a plain all-reduce in the hook's dtype. Output: images/s, vs the measured."""
     rows = []
-    for world, figures in sorted(measured["workers"].items(), key=lambda kv: int(kv[0])):
-        link = Link(gbps=figures["bus_bytes_per_s"] * 8 / 1e9, latency_s=0.0)
+    workers = measured["workers"]
+    alone = workers.get("1")
+    for world, figures in sorted(workers.items(), key=lambda kv: int(kv[0])):
         for hook in hooks:
             if hook not in figures:
                 continue
             f = figures[hook]
+            bus = figures["bus_bytes_per_s"][HOOK_DTYPE[hook]] if int(world) > 1 else 1.0
+            link = Link(gbps=bus * 8 / 1e9, latency_s=0.0)
+            hook_s = 0.0
+            if alone and hook in alone:
+                slowdown = f["local_step_s"] / alone[hook]["local_step_s"]
+                hook_s = alone[hook]["exposed_comm_s"] * slowdown
             per_worker = batch / f["local_step_s"]
-            projected = images_per_s(int(world), per_worker, batch, int(f["bytes_per_step"]), link)
+            projected = images_per_s(int(world), per_worker, batch, int(f["bytes_per_step"]), link, hook_s=hook_s)
             actual = int(world) * batch / f["step_s"]
             rows.append({"workers": int(world), "hook": hook, "projected": projected, "measured": actual,
                          "error": projected / actual - 1})  # fmt: skip

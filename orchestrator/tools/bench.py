@@ -3,7 +3,8 @@ run (the machine may be shared and noisy: absolute numbers drift, ratios hold).
 
 CPU (`make bench`): the train step of the paper net vs torchvision's AlexNet (fp32, bf16) and as
 a fraction of a plain matrix product; the shard loader vs ImageFolder + DataLoader and vs a bare
-decode loop; a Ray job vs the same loop in one process; a checkpoint upload vs a raw put.
+decode loop; a Ray job vs the same loop in one process; a checkpoint upload vs a raw put; the
+gradient traffic of each `ddp.comm_hook` at 2 and 4 gloo workers, vs no hook (tools/gradient_traffic).
 GPU (`make bench-gpu`): the model alone on cuda:0 (and split over two GPUs when there are two).
 Results go to bench.json in the repository root and to a table on the screen."""
 
@@ -36,8 +37,9 @@ from torchvision.transforms import v2
 
 from model import AlexNet
 from model.summary import train_flops_per_image
-from orchestrator.config import REPO_ROOT
+from orchestrator.config import COMM_HOOKS, REPO_ROOT
 from orchestrator.devices import tower_devices
+from orchestrator.tools import gradient_traffic
 
 BATCH = 64
 
@@ -366,6 +368,17 @@ GOALS = {
 }
 
 
+def traffic_figures(found: dict[int, dict[str, Any]]) -> dict[str, float]:
+    """gradient_traffic's measurement as flat figures: MB and exposed ms per step, per hook."""
+    out = {}
+    for world, figures in found.items():
+        for hook in COMM_HOOKS:
+            out[f"comm_{hook}_mb_per_step_{world}w"] = figures[hook]["bytes_per_step"] / 1e6
+            out[f"comm_{hook}_exposed_ms_{world}w"] = 1000 * figures[hook]["exposed_comm_s"]
+        out[f"comm_bus_gb_per_s_{world}w"] = figures["bus_bytes_per_s"] / 1e9
+    return out
+
+
 def machine() -> dict[str, Any]:
     return {
         "cpu": platform.processor() or platform.machine(),
@@ -410,7 +423,11 @@ def main(argv: list[str] | None = None) -> int:
                            ("checkpoint", bench_checkpoint)):  # fmt: skip
             print(f"measuring {name} ...", flush=True)
             raw.update(part())
-        out = {"machine": machine(), "raw": raw, "ratios": ratios(raw), "goals": GOALS}
+        print("measuring gradient traffic (the paper net, 2 and 4 gloo workers, each ddp.comm_hook) ...", flush=True)
+        traffic = gradient_traffic.traffic([2, 4], list(COMM_HOOKS))
+        raw.update(traffic_figures(traffic))
+        out = {"machine": machine(), "raw": raw, "ratios": {**ratios(raw), **gradient_traffic.ratios(traffic)},
+               "goals": GOALS}  # fmt: skip
         path = args.out
     with open(path, "w") as f:
         json.dump(out, f, indent=1)

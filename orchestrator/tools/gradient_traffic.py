@@ -8,8 +8,8 @@ paper net (61.0M parameters) takes a few forward/backward steps under DDP:
   `none`, PyTorch's allreduce_hook, the same fp32 all-reduce DDP runs without a hook);
 - step seconds with the all-reduce, and without it (`no_sync`): their difference is the
   communication the backward pass did not hide;
-- a plain all-reduce of the same fp32 gradient size: the ring's bus bandwidth
-  (2(N-1)/N x bytes / seconds), which `orchestrator.scaling` projects with.
+- a plain all-reduce of the gradients' size in fp32, bf16 and fp16: the ring's bus bandwidth
+  (2(N-1)/N x bytes / seconds) for each, which `orchestrator.scaling --check` projects with.
 
 `make bench` runs it and keeps the ratios against `none`; `--quality` also trains the demo to the
 end under each hook (2 workers, plain torch.distributed, same seed) and reports val top-1."""
@@ -38,6 +38,7 @@ from torch.nn.parallel import DistributedDataParallel
 from model import AlexNet
 from orchestrator.config import COMM_HOOKS, REPO_ROOT, DDPConfig
 
+BUS_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 WARMUP_STEPS = 3  # DDP rebuilds its buckets after step 1; PowerSGD starts at step 2 here
 POWERSGD_START = 2
 
@@ -97,7 +98,9 @@ def measure(rank: int, world: int, port: int, hooks: list[str], steps: int, batc
             "exposed_comm_s": max(0.0, synced - local),
         }
         del ddp
-    results["bus_bytes_per_s"] = bus_bandwidth(gradient_bytes, world, steps)
+    results["bus_bytes_per_s"] = {
+        name: bus_bandwidth(gradient_bytes, world, steps, dtype) for name, dtype in BUS_DTYPES.items()
+    }
     if rank == 0:
         with open(out, "w") as f:
             json.dump(results, f)
@@ -114,9 +117,10 @@ def timed(step: Any, repeats: int) -> float:
     return statistics.median(times)
 
 
-def bus_bandwidth(size: int, world: int, repeats: int) -> float:
-    """A ring all-reduce moves 2(N-1)/N x size through each worker's link: that over the time."""
-    tensor = torch.ones(size // 4)
+def bus_bandwidth(size: int, world: int, repeats: int, dtype: torch.dtype) -> float:
+    """A ring all-reduce moves 2(N-1)/N x size through each worker's link: that over the time,
+    for `size` bytes of `dtype` (gloo reduces 16-bit floats in software, slower than fp32)."""
+    tensor = torch.ones(size // torch.finfo(dtype).bits * 8, dtype=dtype)
     seconds = timed(lambda: dist.all_reduce(tensor), repeats)
     return 2 * (world - 1) / world * size / seconds
 
