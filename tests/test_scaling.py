@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from model import AlexNet
@@ -46,3 +48,20 @@ def test_ring_arithmetic():
     assert efficiencies[0] == 1 and efficiencies == sorted(efficiencies, reverse=True)
     (verdict,) = scaling.verdicts(rows)
     assert verdict.startswith("none at 8 Gb/s: >= 90% efficient up to 1 nodes")
+
+
+def test_the_command_prints_a_table_draws_a_plot_and_checks_a_measurement(tmp_path, capsys):
+    png = tmp_path / "scaling.png"
+    assert scaling.main(["--img-per-s-per-worker", "4000", "--nodes", "1,2,4", "--plot", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "powersgd at 400 Gb/s: >= 90% efficient up to 4 nodes" in out and png.stat().st_size > 0
+    # a measurement the model describes (2 workers: 100 MB fp32 at 1 GB/s bus, 1 s compute) passes,
+    # one whose step took twice as long does not
+    figures = {"none": {"bytes_per_step": 1e8, "step_s": 1.1, "local_step_s": 1.0, "exposed_comm_s": 0.1}}
+    measured = {"workers": {"2": {**figures, "bus_bytes_per_s": {"fp32": 1e9}}}}
+    path = tmp_path / "measured.json"
+    path.write_text(json.dumps(measured))
+    assert scaling.main(["--check", str(path), "--hooks", "none"]) == 0
+    measured["workers"]["2"]["none"]["step_s"] = 2.2
+    path.write_text(json.dumps(measured))
+    assert scaling.main(["--check", str(path), "--hooks", "none"]) == 1

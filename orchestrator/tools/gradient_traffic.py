@@ -162,7 +162,7 @@ def ratios(found: dict[int, dict[str, Any]]) -> dict[str, float]:
 
 def quality(hooks: list[str], shards: str, epochs: int) -> dict[str, float]:
     """Val top-1 of the demo trained to the end under each hook: 2 workers (torchrun), the same
-    seed, data and epochs; PowerSGD's plain all-reduce warm-up is its first epoch."""
+    seed, data and epochs (PowerSGD: plain all-reduce for the first 10 of its 25 steps an epoch)."""
     results = {}
     with tempfile.TemporaryDirectory() as runs:
         for hook in hooks:
