@@ -86,6 +86,8 @@ class Trainer:
                 self.model, device_ids=None, gradient_as_bucket_view=True, bucket_cap_mb=config.ddp.bucket_cap_mb
             )
             self.hook_state = gradients.attach(self.ddp, config.ddp, config.seed)
+            if config.ddp.comm_hook == "fp16" and cluster.rank == 0:
+                log.warning(gradients.FP16_WARNING)
             self.net = self.ddp
         if config.compile:
             self.net = torch.compile(self.net)

@@ -118,7 +118,7 @@ def test_killed_worker_resumes_exactly_where_its_checkpoint_was(local_ray, tiny_
     """kill -9 of a worker mid-epoch: Ray restarts the group, the loop resumes from the newest
     checkpoint, and every loss after that equals the uninterrupted run's (same seed, CPU)."""
     runs = str(tmp_path / "runs")
-    common = {"epochs": 3, "log_every_steps": 1, "checkpoint.every_steps": 3, "data.workers": 2}
+    common = {"epochs": 2, "log_every_steps": 1, "checkpoint.every_steps": 3, "data.workers": 2}
     run(compose(*tiny_run_overrides(tiny_shards, runs, run_name="clean", **common)))
     clean = losses(metrics(os.path.join(runs, "clean", "metrics.jsonl")))
 

@@ -37,9 +37,9 @@ def losses(record: list[dict]) -> dict[int, float]:
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("hook", ["bf16", "fp16"])
-def test_a_16_bit_all_reduce_trains(tiny_shards, tmp_path, hook):
-    record = two_ranks(tiny_shards, str(tmp_path), run_name=hook, **{"ddp.comm_hook": hook})
+def test_a_16_bit_all_reduce_trains(tiny_shards, tmp_path):
+    """bf16 (fp16 goes through the same PyTorch helper, _compress_hook)."""
+    record = two_ranks(tiny_shards, str(tmp_path), run_name="bf16", **{"ddp.comm_hook": "bf16"})
     assert record[-1]["event"] == "finished"
     assert all(torch.isfinite(torch.tensor(loss)) for loss in losses(record).values())
 
