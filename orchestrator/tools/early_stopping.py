@@ -16,15 +16,17 @@ import time
 from orchestrator.compare import local_rows
 from orchestrator.config import REPO_ROOT
 
-GRID = ["optim.lr=0.04,0.01,0.0025", "model.dropout=0.5,0.3"]
+LRS = "0.04,0.01,0.0025"
+DROPOUTS = "0.5,0.3"
 
 
-def sweep(scheduler: str, root: str, epochs: int, parallel: int, shards: str, grace: int, factor: int) -> dict:
+def sweep(scheduler: str, root: str, epochs: int, parallel: int, shards: str, grace: int, factor: int,
+          grid: list[str]) -> dict:  # fmt: skip
     runs = os.path.join(root, scheduler)
     start = time.perf_counter()
     subprocess.run(
         [
-            sys.executable, "-m", "orchestrator.train", "-m", *GRID, f"epochs={epochs}", f"data.url={shards}",
+            sys.executable, "-m", "orchestrator.train", "-m", *grid, f"epochs={epochs}", f"data.url={shards}",
             f"storage.url={runs}", f"hydra.sweep.dir={runs}/.sweep", f"sweep.scheduler={scheduler}",
             f"sweep.parallel={parallel}", f"sweep.reduction_factor={factor}", f"sweep.grace_period={grace}",
             "logger.mode=disabled", "log_every_steps=100", "data.workers=0",
@@ -49,11 +51,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--schedulers", default="none,asha,hyperband")
     p.add_argument("--grace-period", type=int, default=1, help="sweep.grace_period")
     p.add_argument("--reduction-factor", type=int, default=2, help="sweep.reduction_factor")
+    p.add_argument("--lrs", default=LRS, help="optim.lr values")
+    p.add_argument("--dropouts", default=DROPOUTS, help="model.dropout values")
     p.add_argument("--out", default="early-stopping.json")
     args = p.parse_args(argv)
+    grid = [f"optim.lr={args.lrs}", f"model.dropout={args.dropouts}"]
     with tempfile.TemporaryDirectory(prefix="early-stopping-") as root:
         results = {
-            s: sweep(s, root, args.epochs, args.parallel, args.shards, args.grace_period, args.reduction_factor)
+            s: sweep(s, root, args.epochs, args.parallel, args.shards, args.grace_period, args.reduction_factor, grid)
             for s in args.schedulers.split(",")
         }
     full = results.get("none")
