@@ -287,6 +287,9 @@ class SweepConfig:
     scheduler: str = "asha"
     grace_period: int = 1  # asha: epochs every run gets before it can be stopped
     reduction_factor: int = 2  # asha, hyperband: 1/reduction_factor of the runs go on at each rung
+    # asha: a run that passed a rung before better runs reached it is stopped once they have
+    # (orchestrator/tuning.py, stopping_gracefully); false: Tune's ASHA as it is
+    rejudge: bool = True
 
     def __post_init__(self) -> None:
         at_least("sweep.parallel", self.parallel, 1)

@@ -79,7 +79,7 @@ def scheduler(sweep: SweepConfig, max_epochs: int, runs: dict[int, TrainConfig])
     common = {"time_attr": "epoch", "metric": METRIC, "mode": "max", "max_t": max_epochs}
     if sweep.scheduler == "asha":
         # stop_last_trials=False: a run that reached its last epoch ends by itself (W&B, summary)
-        return stopping_gracefully(ASHAScheduler, runs)(
+        return stopping_gracefully(ASHAScheduler, runs, rejudge=sweep.rejudge)(
             **common, grace_period=sweep.grace_period, reduction_factor=sweep.reduction_factor, stop_last_trials=False
         )
     if sweep.scheduler == "hyperband":
@@ -87,18 +87,40 @@ def scheduler(sweep: SweepConfig, max_epochs: int, runs: dict[int, TrainConfig])
     return FIFOScheduler()
 
 
-def stopping_gracefully(base: type, runs: dict[int, TrainConfig]) -> type:
+def stopping_gracefully(base: type, runs: dict[int, TrainConfig], rejudge: bool = False) -> type:
     """`base` (a Tune scheduler) whose STOP is a stop request in the run's folder instead of a
     killed trial: the run stops at its next step as on Ctrl-C (Tune would kill its workers, and
-    with them the W&B run and the last upload), then its trial returns by itself."""
+    with them the W&B run and the last upload), then its trial returns by itself.
+
+    `rejudge` (ASHA): asynchronous successive halving judges a run once per rung, against the
+    runs that reached that rung before it, so the first runs of a sweep pass every rung
+    unjudged (measured: two diverged runs at chance accuracy trained to the end while later,
+    better runs were cut). With `rejudge`, each of a run's results is also held against its
+    rungs as they are now: a run below the cutoff of the others' values at a rung it passed is
+    stopped as soon as enough better runs have reached that rung."""
 
     class StoppingGracefully(base):
         def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
             action = super().on_trial_result(tune_controller, trial, result)
+            if action == self.CONTINUE and rejudge and self.behind_at_a_passed_rung(trial):
+                action = self.STOP
             if action != self.STOP:
                 return action
             run_folder(runs[trial.config["job"]]).request_stop(EARLY_STOP)
             return self.CONTINUE
+
+        def behind_at_a_passed_rung(self, trial: Any) -> bool:
+            """Tune's ASHA keeps, per rung, {trial id: metric} (`_Bracket._rungs`) and the
+            percentile cutoff (`cutoff`); metrics are stored sign-adjusted, higher is better."""
+            bracket = getattr(self, "_trial_info", {}).get(trial.trial_id)
+            for _, recorded in getattr(bracket, "_rungs", []):
+                if trial.trial_id not in recorded:
+                    continue
+                others = {k: v for k, v in recorded.items() if k != trial.trial_id}
+                cutoff = bracket.cutoff(others)
+                if cutoff is not None and recorded[trial.trial_id] < cutoff:
+                    return True
+            return False
 
     StoppingGracefully.__name__ = f"Graceful{base.__name__}"
     return StoppingGracefully

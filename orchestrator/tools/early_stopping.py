@@ -21,7 +21,7 @@ DROPOUTS = "0.5,0.3"
 
 
 def sweep(scheduler: str, root: str, epochs: int, parallel: int, shards: str, grace: int, factor: int,
-          grid: list[str]) -> dict:  # fmt: skip
+          grid: list[str], overrides: list[str]) -> dict:  # fmt: skip
     runs = os.path.join(root, scheduler)
     start = time.perf_counter()
     subprocess.run(
@@ -29,7 +29,7 @@ def sweep(scheduler: str, root: str, epochs: int, parallel: int, shards: str, gr
             sys.executable, "-m", "orchestrator.train", "-m", *grid, f"epochs={epochs}", f"data.url={shards}",
             f"storage.url={runs}", f"hydra.sweep.dir={runs}/.sweep", f"sweep.scheduler={scheduler}",
             f"sweep.parallel={parallel}", f"sweep.reduction_factor={factor}", f"sweep.grace_period={grace}",
-            "logger.mode=disabled", "log_every_steps=100", "data.workers=0",
+            "logger.mode=disabled", "log_every_steps=100", "data.workers=0", *overrides,
         ],
         cwd=REPO_ROOT, check=True, stdout=subprocess.DEVNULL,
     )  # fmt: skip
@@ -53,12 +53,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reduction-factor", type=int, default=2, help="sweep.reduction_factor")
     p.add_argument("--lrs", default=LRS, help="optim.lr values")
     p.add_argument("--dropouts", default=DROPOUTS, help="model.dropout values")
+    p.add_argument("overrides", nargs="*", help="more overrides for every sweep, e.g. sweep.rejudge=false")
     p.add_argument("--out", default="early-stopping.json")
     args = p.parse_args(argv)
     grid = [f"optim.lr={args.lrs}", f"model.dropout={args.dropouts}"]
     with tempfile.TemporaryDirectory(prefix="early-stopping-") as root:
         results = {
-            s: sweep(s, root, args.epochs, args.parallel, args.shards, args.grace_period, args.reduction_factor, grid)
+            s: sweep(
+                s,
+                root,
+                args.epochs,
+                args.parallel,
+                args.shards,
+                args.grace_period,
+                args.reduction_factor,
+                grid,
+                args.overrides,
+            )
             for s in args.schedulers.split(",")
         }
     full = results.get("none")
