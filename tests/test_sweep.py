@@ -157,3 +157,31 @@ def test_ctrl_c_on_a_sweep_stops_every_run_and_leaves_each_readable(tiny_shards,
     assert checkpoint.load(newest)["position"]["step"] == end["step"]  # a checkpoint where it stopped
     records = offline_run(folder)
     assert "stopped" in tags(records) and exit_code(records) == 0
+
+
+@pytest.mark.parametrize("rejudge", [True, False])
+def test_asha_rejudges_a_run_that_passed_a_rung_before_a_better_one_reached_it(tmp_path, rejudge):
+    """Run a reaches epoch 1 first (nothing to compare: it passes), b then beats it there. With
+    sweep.rejudge, a's next result stops it (a stop request in its folder, as the scheduler
+    asks); Tune's ASHA alone lets it go on to be judged only at epoch 2 against whoever is there."""
+    from types import SimpleNamespace
+
+    from orchestrator import tuning
+    from orchestrator.config import SweepConfig
+    from orchestrator.runs import EARLY_STOP, RunFolder
+
+    runs = {job: SimpleNamespace(storage=SimpleNamespace(url=str(tmp_path), options={}), run_name=f"r{job}")
+            for job in (0, 1)}  # fmt: skip
+    sweep = SweepConfig(scheduler="asha", grace_period=1, reduction_factor=2, rejudge=rejudge)
+    scheduler = tuning.scheduler(sweep, 8, runs)
+    a, b = (SimpleNamespace(trial_id=name, config={"job": job}) for name, job in (("a", 0), ("b", 1)))
+    for trial in (a, b):
+        scheduler.on_trial_add(None, trial)
+    assert scheduler.on_trial_result(None, a, {"epoch": 1, "val/top1": 0.1}) == scheduler.CONTINUE
+    assert scheduler.on_trial_result(None, b, {"epoch": 1, "val/top1": 0.9}) == scheduler.CONTINUE
+    scheduler.on_trial_result(None, a, {"epoch": 2, "val/top1": 0.1})  # b is still in epoch 2
+    a_folder = RunFolder(str(tmp_path), "r0")
+    assert a_folder.stop_requested() == rejudge
+    assert not RunFolder(str(tmp_path), "r1").stop_requested()
+    if rejudge:
+        assert a_folder.stop_reason() == EARLY_STOP
