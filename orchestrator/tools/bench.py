@@ -375,7 +375,8 @@ def traffic_figures(found: dict[int, dict[str, Any]]) -> dict[str, float]:
         for hook in COMM_HOOKS:
             out[f"comm_{hook}_mb_per_step_{world}w"] = figures[hook]["bytes_per_step"] / 1e6
             out[f"comm_{hook}_exposed_ms_{world}w"] = 1000 * figures[hook]["exposed_comm_s"]
-        out[f"comm_bus_gb_per_s_{world}w"] = figures["bus_bytes_per_s"] / 1e9
+        for dtype, value in figures["bus_bytes_per_s"].items():
+            out[f"comm_bus_{dtype}_gb_per_s_{world}w"] = value / 1e9
     return out
 
 
