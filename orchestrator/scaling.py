@@ -186,8 +186,12 @@ def main(argv: list[str] | None = None) -> int:
     hooks = args.hooks.split(",")
     console = Console()
     if args.check:
-        with open(args.check) as f:
-            rows = check(json.load(f), hooks)
+        try:
+            with open(args.check) as f:
+                measured = json.load(f)
+        except (OSError, ValueError) as err:
+            p.error(f"cannot read {args.check} ({err}); make it with python -m orchestrator.tools.gradient_traffic")
+        rows = check(measured, hooks)
         t = Table(title="projection vs measurement (gloo workers on this machine)")
         for column in ("workers", "hook", "projected img/s", "measured img/s", "error"):
             t.add_column(column, justify="right")

@@ -317,13 +317,12 @@ class Trainer:
 
     # --- checkpoints: one path, through the cluster
     def state_dict(self) -> dict:
-        state = {
+        return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
             "position": asdict(self.position),
         }
-        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])

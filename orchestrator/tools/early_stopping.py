@@ -6,7 +6,6 @@ synchronous HyperBand; for each, the best val top-1 and the worker-seconds all i
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import time
 
 from orchestrator.compare import local_rows
 from orchestrator.config import REPO_ROOT
+from orchestrator.tools import publish
 
 LRS = "0.04,0.01,0.0025"
 DROPOUTS = "0.5,0.3"
@@ -77,9 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in results.values():
             r["top1_vs_full_points"] = 100 * (r["best_val_top1"] - full["best_val_top1"])
             r["worker_seconds_vs_full"] = r["worker_seconds"] / full["worker_seconds"]
-    with open(args.out, "w") as f:
-        json.dump(results, f, indent=1)
-    print(json.dumps(results, indent=1))
+    publish(results, args.out)
     return 0
 
 

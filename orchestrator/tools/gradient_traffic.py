@@ -37,6 +37,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from model import AlexNet
 from orchestrator.config import COMM_HOOKS, REPO_ROOT, DDPConfig
+from orchestrator.tools import publish
 
 BUS_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 WARMUP_STEPS = 3  # DDP rebuilds its buckets after step 1; PowerSGD starts at step 2 here
@@ -194,9 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {"workers": found, "ratios": ratios({w: f for w, f in found.items() if w > 1})}
     if args.quality:
         result["val_top1"] = quality(hooks, args.shards, args.epochs)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
-    print(json.dumps(result, indent=1))
+    publish(result, args.out)
     return 0
 
 
