@@ -22,10 +22,11 @@ from orchestrator.compare import main as compare
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
-def train(*args: str) -> subprocess.CompletedProcess:
+def train(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "orchestrator.train", *args],
         cwd=REPO,
+        env={**os.environ, **(env or {})},
         capture_output=True,
         text=True,
         timeout=800,
@@ -84,6 +85,9 @@ def test_asha_stops_runs_early_and_compare_says_what_that_saved(tiny_shards, tmp
     proc = train(
         "-m", "optim.lr=0.05,1e-7", "model.dropout=0.0", "epochs=20", "optim.scale_lr=none", "sweep.scheduler=asha",
         "sweep.grace_period=1", "sweep.reduction_factor=2", *args,
+        # Ray Train's controller takes in reports every 2 s; these epochs take 0.25 s, so by default
+        # the scheduler hears of epoch 2 only ~40 s later, after the run has ended (seen once)
+        env={"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     capsys.readouterr()
