@@ -42,7 +42,7 @@ class Row:
     mfu: float | None = None
     epochs: int = 0
     planned_epochs: int = 0
-    seconds: float | None = None  # wall time from the run's first record to its last
+    seconds: float | None = None  # time running, from launch to its last record (RunRecord.seconds)
     workers: int = 1
     gpus: int = 0  # all workers' GPUs together (0: CPU)
 
@@ -96,9 +96,7 @@ def local_rows(root: str, options: dict[str, Any], group: str | None, metric: st
         if group and (record.config.get("logger") or {}).get("group") != group:
             continue
         best = record.best(metric) or {}
-        # the sweep's launcher writes `stopped_early` after the fact: not part of the run's time
-        times = [line["time"] for line in record.lines if "time" in line and line.get("event") != "stopped_early"]
-        start = times[0] if times else 0.0
+        active = record.active_seconds()  # a run paused by a sweep's rung is not running meanwhile
         devices = [d for w in record.events("worker") for d in w.get("devices", [])]
         config = flatten(record.config)
         rows.append(
@@ -107,7 +105,7 @@ def local_rows(root: str, options: dict[str, Any], group: str | None, metric: st
                 settings=flatten(record.config),
                 status=record.status,
                 curve=[
-                    (line["epoch"] + 1, line.get("time", start) - start, line[metric])
+                    (line["epoch"] + 1, active.get(line.get("time"), 0.0), line[metric])
                     for line in record.metric_lines(metric)
                 ],
                 best=best.get(metric),
@@ -117,7 +115,7 @@ def local_rows(root: str, options: dict[str, Any], group: str | None, metric: st
                 mfu=record.steady("perf/mfu"),
                 epochs=record.epochs_done(),
                 planned_epochs=int(config.get("epochs") or 0),
-                seconds=times[-1] - start if times else None,
+                seconds=record.seconds(),
                 workers=int(config.get("cluster.nodes") or 1),
                 gpus=sum(1 for d in devices if d.startswith("cuda")),
             )

@@ -280,20 +280,23 @@ class PerfConfig:
         at_least("perf.profile_every_steps", self.profile_every_steps, 0)
 
 
+SCHEDULERS = ("none", "asha", "sha", "hyperband")
+
+
 @dataclass
 class SweepConfig:
     parallel: int = 1  # multirun runs at once (Ray Tune trials); each needs nodes x gpus_per_worker GPUs
-    # Early stopping on val top-1 per epoch (orchestrator/tuning.py): none | asha | hyperband
+    # Early stopping on val top-1 per epoch (orchestrator/tuning.py): none | asha | sha | hyperband
     scheduler: str = "asha"
-    grace_period: int = 1  # asha: epochs every run gets before it can be stopped
-    reduction_factor: int = 2  # asha, hyperband: 1/reduction_factor of the runs go on at each rung
+    grace_period: int = 1  # asha, sha: epochs every run gets before it can be stopped
+    reduction_factor: int = 2  # 1/reduction_factor of the runs go on at each rung
     # asha: a run that passed a rung before better runs reached it is stopped once they have
     # (orchestrator/tuning.py, stopping_gracefully); false: Tune's ASHA as it is
     rejudge: bool = True
 
     def __post_init__(self) -> None:
         at_least("sweep.parallel", self.parallel, 1)
-        one_of("sweep.scheduler", self.scheduler, ("none", "asha", "hyperband"))
+        one_of("sweep.scheduler", self.scheduler, SCHEDULERS)
         at_least("sweep.grace_period", self.grace_period, 1)
         at_least("sweep.reduction_factor", self.reduction_factor, 2)
 
@@ -322,10 +325,15 @@ class TrainConfig:
     log_every_steps: int = 20
     run_name: str | None = None
     resume: bool = False
+    # Stop after this epoch with a checkpoint, the schedule still spanning `epochs`; resume=true
+    # continues exactly there (a time-boxed allocation; sweep.scheduler=sha's rungs). null: `epochs`
+    until_epoch: int | None = None
 
     def __post_init__(self) -> None:
         at_least("batch_size", self.batch_size, 1)
         at_least("epochs", self.epochs, 1)
+        if self.until_epoch is not None:
+            at_least("until_epoch", self.until_epoch, 1)
         at_least("log_every_steps", self.log_every_steps, 1)
         one_of("precision", self.precision, ("fp32", "bf16"))
         if self.run_name is not None and not RUN_NAME.fullmatch(self.run_name):

@@ -24,7 +24,7 @@ from orchestrator.cluster import TorchCluster
 from orchestrator.config import ConfigError, TrainConfig, public_config, register
 from orchestrator.job import prepare
 from orchestrator.logs import setup as setup_logging
-from orchestrator.runs import RunFolder
+from orchestrator.runs import LAUNCHED, RunFolder
 from orchestrator.stopping import exit_code
 from orchestrator.trainer import Trainer
 
@@ -47,11 +47,13 @@ def fit(config: TrainConfig, rank: int | None = None, world: int | None = None) 
     try:
         if cluster.rank == 0:
             folder.write_config(public_config(config))
+            folder.event(LAUNCHED, workers=world, until_epoch=config.until_epoch)
         start = time.perf_counter()
-        if Trainer(config, cluster).fit() == "stopped":
+        ended = Trainer(config, cluster).fit()
+        if ended == "stopped":
             assert cluster.signals is not None and cluster.signals.signum is not None  # its only stop source
             return exit_code(cluster.signals.signum)
-        if cluster.rank == 0:
+        if ended == "finished" and cluster.rank == 0:  # "paused" (until_epoch) says so itself
             folder.event("finished", seconds=round(time.perf_counter() - start, 1))
             folder.drain()
         return 0

@@ -31,7 +31,10 @@ BEST = "best"
 CHECKPOINT_PREFIX = "checkpoint_"
 STOP = "stop"
 EARLY_STOP = "stopped_early"  # the reason a sweep's scheduler gives when it drops a run (tuning.py)
-END_EVENTS = ("finished", "failed", "stopped", EARLY_STOP)
+PAUSED = "paused"  # ended at `until_epoch`, to be resumed (a sweep's synchronous halving, tuning.py)
+END_EVENTS = ("finished", "failed", "stopped", PAUSED, EARLY_STOP)
+# Written by the driver when it starts the run's workers; a relaunch (resume) starts again
+LAUNCHED = "launched"
 
 
 class Uploads:
@@ -185,8 +188,8 @@ class RunRecord:
 
     def _last_end(self) -> dict[str, Any] | None:
         """The event that ended the run last; None while it runs (a resumed run runs again)."""
-        ends = [line for line in self.lines if line.get("event") in (*END_EVENTS, "resumed")]
-        return ends[-1] if ends and ends[-1]["event"] != "resumed" else None
+        ends = [line for line in self.lines if line.get("event") in (*END_EVENTS, "resumed", LAUNCHED)]
+        return ends[-1] if ends and ends[-1]["event"] in END_EVENTS else None
 
     @property
     def end_event(self) -> str | None:
@@ -203,4 +206,30 @@ class RunRecord:
             return "running" if self.lines else "empty"
         if end["event"] == EARLY_STOP:
             return f"stopped early at epoch {end['epoch']}"
+        if end["event"] == PAUSED:
+            return f"paused after epoch {end['epoch']}"
         return end["event"]
+
+    def active_seconds(self) -> dict[float, float]:
+        """Each record's time as seconds the run has been running: from its launch (else its
+        first record), leaving out the time between one launch's end and the next launch (a run
+        paused by a sweep's rung, or stopped and resumed a day later). The `stopped_early` event a
+        sweep writes after the fact is no part of the run's time."""
+        active: dict[float, float] = {}
+        spent, start, last = 0.0, None, None
+        for line in self.lines:
+            t = line.get("time")
+            if t is None or (line.get("event") == EARLY_STOP and "step" not in line):
+                continue
+            if start is None or line.get("event") == LAUNCHED:
+                if start is not None:
+                    spent += last - start
+                start = t
+            last = t
+            active[t] = spent + t - start
+        return active
+
+    def seconds(self) -> float | None:
+        """How long the run has run, all its launches together (`active_seconds`)."""
+        active = self.active_seconds()
+        return max(active.values()) if active else None

@@ -11,7 +11,7 @@ from typing import Any
 from orchestrator import storage
 from orchestrator.checkpoint import CHECKSUM_FILE, STATE_FILE
 from orchestrator.config import TrainConfig, public_config
-from orchestrator.runs import RunFolder
+from orchestrator.runs import EARLY_STOP, RunFolder, RunRecord
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,9 @@ def wandb_mode(configured: str | None) -> str:
 def wandb_run_id(storage_url: str, run_name: str) -> str:
     """Stable per run, so a resumed or restarted run appends to the same W&B run."""
     return hashlib.sha256(f"{storage_url}/{run_name}".encode()).hexdigest()[:16]
+
+
+STATUS_TAGS = ("stopped", "paused", "stopped early")  # what `finish` tags a run that did not finish
 
 
 class Tracker:
@@ -41,12 +44,15 @@ class Tracker:
                 log.warning("W&B %s start failed (%s); logging offline", mode, type(err).__name__)
                 mode = "offline"
                 self.run = self._start_wandb(config, mode, wandb_dir)
+            # A resumed run runs again: the tag its last end left ("paused", "stopped") goes.
+            self.run.tags = tuple(t for t in self.run.tags if t not in STATUS_TAGS)
             # run.dir is <run folder>/files; the run folder is what `wandb sync` takes.
             url = self.run.url if mode == "online" else None  # offline runs have none (W&B warns if asked)
             self.event("wandb", mode=mode, url=url, dir=os.path.dirname(self.run.dir))
 
     @staticmethod
-    def _start_wandb(config: TrainConfig, mode: str, wandb_dir: str):
+    def _start_wandb(config: TrainConfig, mode: str, wandb_dir: str, public: dict[str, Any] | None = None):
+        """`public`: the config W&B shows, by default this one's (which needs cluster.nodes)."""
         import wandb
 
         return wandb.init(
@@ -59,7 +65,7 @@ class Tracker:
             mode=mode,
             dir=wandb_dir,
             tags=list(config.logger.tags),
-            config=public_config(config),
+            config=public if public is not None else public_config(config),
             settings=wandb.Settings(console="off", silent=True, init_timeout=60),
         )
 
@@ -115,6 +121,26 @@ class Tracker:
                 self.run.summary.update({"status": status, **summary})
                 self.run.tags = (*self.run.tags, status)
             self.run.finish()
+
+
+def mark_stopped_early(config: TrainConfig, epoch: int) -> None:
+    """A paused run that a sweep's synchronous halving drops (tuning.py), seen from the driver:
+    its record and its W&B run (the same id, resumed for a moment) say "stopped early"."""
+    folder = RunFolder(config.storage.url, config.run_name, config.storage.options)
+    folder.event(EARLY_STOP, epoch=epoch)
+    folder.drain()
+    mode = wandb_mode(config.logger.mode)
+    if mode == "disabled":
+        return
+    try:
+        # the run's own config.yaml: the driver's copy never met the cluster (cluster.nodes unset)
+        public = RunRecord.read(folder.url, folder.options).config
+        run = Tracker._start_wandb(config, mode, folder.wandb_dir(config.logger.dir), public)
+        run.summary.update({"status": "stopped early", "stopped_at_epoch": epoch})
+        run.tags = (*(t for t in run.tags if t not in STATUS_TAGS), "stopped early")
+        run.finish()
+    except Exception as err:  # W&B must never end a sweep
+        log.warning("W&B was not told that %s stopped early (%s)", config.run_name, type(err).__name__)
 
 
 def reference_uri(url: str) -> str:

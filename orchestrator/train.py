@@ -36,7 +36,7 @@ from orchestrator.config import (
 from orchestrator.job import prepare
 from orchestrator.logs import setup as setup_logging
 from orchestrator.ray_cluster import train_loop
-from orchestrator.runs import EARLY_STOP, RunFolder, RunRecord
+from orchestrator.runs import EARLY_STOP, LAUNCHED, PAUSED, RunFolder, RunRecord
 from orchestrator.stopping import STOPS, exit_code, interrupts_blocked
 from orchestrator.sweep import in_multirun, job_names
 
@@ -157,6 +157,8 @@ def launch(config: TrainConfig) -> ray.train.Result:
     folder = RunFolder(config.storage.url, config.run_name, config.storage.options)
     folder.clear_stop()
     folder.write_config(public_config(config))
+    folder.event(LAUNCHED, workers=config.cluster.nodes, until_epoch=config.until_epoch)
+    folder.drain()  # before rank 0 reads the record to append to it (object stores rewrite it whole)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=config,
@@ -215,7 +217,7 @@ def summarize(config: TrainConfig, result: ray.train.Result | None, error: str |
     ended = record.end_event  # rank 0 says when the run stopped, or was stopped early by a sweep
     stopped = not failed and ended == "stopped"
     end = {"seconds": round(seconds, 1), **({"error": error} if failed else {})}
-    if failed or ended not in ("stopped", EARLY_STOP):
+    if failed or ended not in ("stopped", PAUSED, EARLY_STOP):
         folder.event("failed" if failed else "finished", **end)
     folder.drain()
     best = record.best() or {}
@@ -223,7 +225,9 @@ def summarize(config: TrainConfig, result: ray.train.Result | None, error: str |
     checkpoint = result.checkpoint.path if result is not None and result.checkpoint else None
     if checkpoint and not storage.is_local(config.storage.url):
         checkpoint = config.storage.url.split("://", 1)[0] + "://" + checkpoint
-    outcome = "FAILED" if failed else record.status if ended == EARLY_STOP else "finished"
+    outcome = "FAILED" if failed else record.status if ended in (EARLY_STOP, PAUSED) else "finished"
+    if ended == PAUSED and not failed:
+        outcome += f" (until_epoch; resume=true run_name={config.run_name} continues there)"
     if stopped:
         at = record.events("stopped")[-1]
         outcome = f"stopped at step {at['step']} (resume=true run_name={config.run_name} continues there)"

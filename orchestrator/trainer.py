@@ -40,7 +40,7 @@ from orchestrator.logs import setup as setup_logging
 from orchestrator.meter import Meter
 from orchestrator.network import autocast, build_model, make_optimizer
 from orchestrator.perf import Speed, peak_flops
-from orchestrator.runs import EARLY_STOP, RunFolder
+from orchestrator.runs import EARLY_STOP, PAUSED, RunFolder
 from orchestrator.schedule import Schedule
 from orchestrator.tracking import NullTracker, Tracker
 
@@ -118,8 +118,8 @@ class Trainer:
 
     # --- the run, top to bottom
     def fit(self) -> str:
-        """The whole run from where its checkpoint left it: "finished", or "stopped" when a
-        stop was requested (then with a checkpoint at the step it stopped)."""
+        """The whole run from where its checkpoint left it: "finished", "stopped" when a stop
+        was requested (then with a checkpoint at the step it stopped), or "paused" at until_epoch."""
         self.restore()
         self.record_workers()
         c = self.config
@@ -132,6 +132,8 @@ class Trainer:
         )  # fmt: skip
         first_step = self.position.step
         for epoch in range(self.position.epoch, c.epochs):
+            if c.until_epoch is not None and epoch >= c.until_epoch:
+                return self.pause()
             if not self.train_epoch(epoch, first_step):
                 return self.stop()
             metrics = self.validate()
@@ -222,6 +224,19 @@ class Trainer:
         )  # fmt: skip
         self.tracker.finish(status="stopped")
         return "stopped"
+
+    def pause(self) -> str:
+        """The end of `until_epoch` (its checkpoint is written): the run ends "paused", its W&B
+        run finished and tagged so; resume=true continues with the next epoch, the schedule as
+        if never paused. A sweep's synchronous halving pauses every run at each rung this way."""
+        pos = self.position
+        if self.saved_at != pos.step:
+            self.save({})
+        self.log_best_checkpoint()
+        self.tracker.event(PAUSED, epoch=pos.epoch, step=pos.step)
+        log.info("paused after epoch %d (until_epoch); resume=true continues from there", pos.epoch)
+        self.tracker.finish(status=PAUSED, paused_at_epoch=pos.epoch)
+        return PAUSED
 
     def log_best_checkpoint(self) -> None:
         """Rank 0: the run's best checkpoint (best/) into W&B as a model artifact by reference,

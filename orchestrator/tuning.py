@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from orchestrator.config import SweepConfig, TrainConfig
-from orchestrator.runs import EARLY_STOP, RunFolder, RunRecord
+from orchestrator.runs import EARLY_STOP, PAUSED, RunFolder, RunRecord
 
 log = logging.getLogger(__name__)
 
@@ -149,11 +149,9 @@ def run_trials(jobs: dict[int, TrainConfig], experiment_dir: str) -> dict[int, f
     """Run every prepared job as a trial; each job's objective (best val top-1, NaN if none)."""
     if not jobs:
         return {}
-    from ray import tune
-
     from orchestrator.config import ConfigError
     from orchestrator.stopping import STOPS
-    from orchestrator.train import off_the_main_thread, scaling
+    from orchestrator.train import scaling
 
     first = next(iter(jobs.values()))
     sweep = first.sweep
@@ -162,30 +160,104 @@ def run_trials(jobs: dict[int, TrainConfig], experiment_dir: str) -> dict[int, f
     except ConfigError as err:
         log.error("no run of this sweep can start: %s", err)
         sys.exit(2)
-    epochs = max(c.epochs for c in jobs.values())
     folders = {job: run_folder(config) for job, config in jobs.items()}
     for folder in folders.values():  # a request left by an earlier sweep of these runs is not for this one
         folder.clear_stop()
     log.info("%d runs as Ray Tune trials, at most %d at once, scheduler %s", len(jobs), sweep.parallel, sweep.scheduler)
+    for job, config in jobs.items():  # Ctrl-C: every run of the sweep checkpoints and stops
+        STOPS.track(config.run_name, folders[job])
+    try:
+        if sweep.scheduler == "sha":
+            errors = halving(jobs, experiment_dir)
+        else:
+            epochs = max(c.epochs for c in jobs.values())
+            errors = fit_trials(jobs, experiment_dir, scheduler(sweep, epochs, jobs), "tune")
+    finally:
+        for config in jobs.values():
+            STOPS.untrack(config.run_name)
+    return {job: outcome(config, errors.get(job), stopped=STOPS.signum is not None) for job, config in jobs.items()}
+
+
+def fit_trials(jobs: dict[int, TrainConfig], experiment_dir: str, chosen: Any, name: str) -> dict[int, Exception]:
+    """One Tune experiment over `jobs` (`name`: its folder under experiment_dir); the error of
+    each job whose trial failed outside its run."""
+    from ray import tune
+
+    from orchestrator.train import off_the_main_thread
+
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(trial, jobs=jobs), {"cpu": TRIAL_CPU}),
         param_space={"job": tune.grid_search(sorted(jobs))},
         tune_config=tune.TuneConfig(
-            scheduler=scheduler(sweep, epochs, jobs), max_concurrent_trials=sweep.parallel, reuse_actors=False
+            scheduler=chosen, max_concurrent_trials=next(iter(jobs.values())).sweep.parallel, reuse_actors=False
         ),
-        run_config=tune.RunConfig(
-            name="tune", storage_path=os.path.abspath(experiment_dir), verbose=0, log_to_file=True
-        ),
+        run_config=tune.RunConfig(name=name, storage_path=os.path.abspath(experiment_dir), verbose=0, log_to_file=True),
     )
-    for job, config in jobs.items():  # Ctrl-C: every run of the sweep checkpoints and stops
-        STOPS.track(config.run_name, folders[job])
-    try:
-        results = off_the_main_thread(tuner.fit)
-    finally:
-        for config in jobs.values():
-            STOPS.untrack(config.run_name)
-    errors = {result.config["job"]: result.error for result in results if result.config}
-    return {job: outcome(config, errors.get(job), stopped=STOPS.signum is not None) for job, config in jobs.items()}
+    results = off_the_main_thread(tuner.fit)
+    return {result.config["job"]: result.error for result in results if result.config and result.error}
+
+
+def rungs(epochs: int, grace_period: int, reduction_factor: int) -> list[int]:
+    """Where synchronous halving judges the runs: grace_period x reduction_factor^k epochs, then
+    the last epoch. (12, 1, 2) -> [1, 2, 4, 8, 12]."""
+    marks = []
+    mark = grace_period
+    while mark < epochs:
+        marks.append(mark)
+        mark *= reduction_factor
+    return [*marks, epochs]
+
+
+def survivors(scores: dict[int, float], reduction_factor: int) -> list[int]:
+    """The best 1/reduction_factor of the runs (at least one), by val top-1 at the rung; a run
+    with no score there (it failed) never goes on. Ties keep the earlier job."""
+    scored = sorted((job for job, score in scores.items() if not math.isnan(score)), key=lambda j: (-scores[j], j))
+    return scored[: max(1, math.ceil(len(scores) / reduction_factor))]
+
+
+def halving(jobs: dict[int, TrainConfig], experiment_dir: str) -> dict[int, Exception]:
+    """Synchronous successive halving (`sweep.scheduler=sha`), rung by rung: every run trains to
+    the rung's epoch and pauses there (`until_epoch`, a checkpoint); the best 1/reduction_factor
+    by val top-1 at that epoch are resumed, exactly where they paused, to the next rung; the
+    others are recorded as stopped early. Unlike ASHA no run passes a rung unjudged, and unlike
+    Tune's HyperBand no trial is paused and restored by Tune: a run's own checkpoint and
+    `resume=true` carry it over, and a waiting run holds no GPU. Each rung relaunches its runs
+    (~10 s each on this machine), which epochs of minutes make negligible."""
+    from ray.tune.schedulers import FIFOScheduler
+
+    from orchestrator.stopping import STOPS
+    from orchestrator.tracking import mark_stopped_early
+
+    sweep = next(iter(jobs.values())).sweep
+    epochs = max(c.epochs for c in jobs.values())
+    alive = sorted(jobs)
+    errors: dict[int, Exception] = {}
+    for i, rung in enumerate(rungs(epochs, sweep.grace_period, sweep.reduction_factor)):
+        last = len(alive) == 1 or rung >= epochs  # nothing left to compare: train to the end
+        for job in alive:
+            jobs[job].until_epoch = None if last or rung >= jobs[job].epochs else rung
+            jobs[job].resume = i > 0
+        log.info("halving: %d run(s) to epoch %s", len(alive), "the end" if last else rung)
+        errors |= fit_trials({job: jobs[job] for job in alive}, experiment_dir, FIFOScheduler(), f"tune-rung-{rung}")
+        if last or STOPS.signum is not None:
+            break
+        scores = {job: top1_at(jobs[job], rung) for job in alive}
+        kept = survivors(scores, sweep.reduction_factor)
+        for job in alive:
+            if job not in kept and not math.isnan(scores[job]):
+                mark_stopped_early(jobs[job], rung)
+                log.info("run %s: stopped early at epoch %d (sha)", jobs[job].run_name, rung)
+        alive = kept
+    return errors
+
+
+def top1_at(config: TrainConfig, epoch: int) -> float:
+    """The run's val top-1 after `epoch` epochs, if it paused there (NaN if it failed first)."""
+    record = RunRecord.read(run_folder(config).url, run_folder(config).options)
+    if record.end_event != PAUSED:
+        return math.nan
+    values = [line[METRIC] for line in record.metric_lines(METRIC) if line["epoch"] + 1 == epoch]
+    return values[-1] if values else math.nan
 
 
 def outcome(config: TrainConfig, error: Exception | None, stopped: bool = False) -> float:

@@ -14,7 +14,7 @@ import time
 import pytest
 from conftest import REPO
 from PIL import Image
-from wandb_records import artifacts, exit_code, offline_run, tags
+from wandb_records import artifacts, exit_code, offline_run, summary, tags
 
 from orchestrator import checkpoint
 from orchestrator.compare import main as compare
@@ -110,6 +110,32 @@ def test_asha_stops_runs_early_and_compare_says_what_that_saved(tiny_shards, tmp
     assert artifacts(records)[0]["metadata"]["val/top1"] == stopped["best"]
 
 
+def test_synchronous_halving_judges_every_run_at_each_rung_and_resumes_the_best(tiny_shards, tmp_path, capsys):
+    """sweep.scheduler=sha, 3 runs, rungs at epochs 1 and 3 (reduction factor 3): all three pause
+    after epoch 1; the best is resumed exactly there and trains to the end, the other two are
+    stopped early at epoch 1, in compare and in W&B, and the lr=1e-7 run is one of them."""
+    runs = str(tmp_path / "runs")
+    args = [a for a in tiny(tiny_shards, runs) if not a.startswith("epochs=")]
+    proc = train(
+        "-m", "optim.lr=0.05,0.02,1e-7", "model.dropout=0.0", "epochs=3", "optim.scale_lr=none",
+        "sweep.scheduler=sha", "sweep.grace_period=1", "sweep.reduction_factor=3", "sweep.parallel=2", *args,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    capsys.readouterr()
+    assert compare(["--storage", runs, "--json"]) == 0
+    rows = {r["settings"]["optim.lr"]: r for r in json.loads(capsys.readouterr().out)}
+    finished = [r for r in rows.values() if r["status"] == "finished"]
+    assert len(finished) == 1 and finished[0]["epochs"] == 3
+    assert rows[1e-07]["status"] == "stopped early at epoch 1" and rows[1e-07]["epochs"] == 1
+    assert sorted(r["status"] for r in rows.values()).count("stopped early at epoch 1") == 2
+    with open(os.path.join(runs, finished[0]["run"], "metrics.jsonl")) as f:
+        events = [e["event"] for e in map(json.loads, f) if "event" in e]
+    assert events.count("launched") == 2 and events.index("paused") < events.index("resumed")
+    assert tags(offline_run(os.path.join(runs, finished[0]["run"]), launches=2)) == []
+    cut = offline_run(os.path.join(runs, rows[1e-07]["run"]), launches=2)  # the driver's word to W&B
+    assert tags(cut) == ["stopped early"] and summary(cut)["stopped_at_epoch"] == 1
+
+
 def tail(log: str) -> str:
     with open(log) as f:
         return f.read()[-3000:]
@@ -189,3 +215,17 @@ def test_asha_rejudges_a_run_that_passed_a_rung_before_a_better_one_reached_it(t
     assert not RunFolder(str(tmp_path), "r1").stop_requested()
     if rejudge:
         assert a_folder.stop_reason() == EARLY_STOP
+
+
+def test_halving_rungs_and_who_goes_on():
+    import math
+
+    from orchestrator import tuning
+
+    assert tuning.rungs(12, 1, 2) == [1, 2, 4, 8, 12]
+    assert tuning.rungs(3, 1, 3) == [1, 3]
+    assert tuning.rungs(1, 1, 2) == [1]
+    assert tuning.rungs(10, 3, 2) == [3, 6, 10]
+    # the best half (rounded up), ties to the earlier job, a failed run (NaN) never
+    assert tuning.survivors({0: 0.5, 1: 0.9, 2: math.nan, 3: 0.9, 4: 0.1}, 2) == [1, 3, 0]
+    assert tuning.survivors({0: 0.2, 1: 0.7}, 3) == [1]

@@ -20,6 +20,7 @@ from orchestrator.config import TrainConfig
 from orchestrator.job import prepare
 from orchestrator.local import fit
 from orchestrator.meter import Meter
+from orchestrator.runs import RunRecord
 
 
 def config(shards: str, runs: str, **extra) -> TrainConfig:
@@ -52,6 +53,27 @@ def test_one_process_trains_checkpoints_and_resumes(tiny_shards, tmp_path, monke
     record = lines(os.path.join(runs, "plain"))
     assert [line["step"] for line in record if line.get("event") == "resumed"] == [steps]
     assert max(line["epoch"] for line in record if "val/top1" in line) == 1
+
+
+def test_until_epoch_pauses_and_the_resumed_run_equals_the_uninterrupted_one(tiny_shards, tmp_path, monkeypatch):
+    """How a sweep's synchronous halving holds a run at a rung: it pauses with a checkpoint, and
+    resume=true continues it as if it had never paused (same losses, same accuracy)."""
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    runs = str(tmp_path / "runs")
+    fit(config(tiny_shards, runs, run_name="whole", epochs=2))
+    fit(config(tiny_shards, runs, run_name="held", epochs=2, until_epoch=1))
+    record = RunRecord.read(os.path.join(runs, "held"))
+    assert record.status == "paused after epoch 1" and record.epochs_done() == 1
+    fit(config(tiny_shards, runs, run_name="held", epochs=2, resume="true"))
+    record = RunRecord.read(os.path.join(runs, "held"))
+    assert record.status == "finished" and record.epochs_done() == 2
+    whole = RunRecord.read(os.path.join(runs, "whole"))
+    for key in ("train/loss", "val/top1", "val/loss"):
+        assert [line[key] for line in record.metric_lines(key)] == [line[key] for line in whole.metric_lines(key)]
+    # its time is the two launches' own, not the gap between them
+    launches = [line["time"] for line in record.lines if line.get("event") == "launched"]
+    assert len(launches) == 2
+    assert record.seconds() < record.lines[-1]["time"] - launches[0]
 
 
 def _two_ranks(rank: int, shards: str, runs: str, port: int) -> None:

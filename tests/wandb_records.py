@@ -42,11 +42,12 @@ def records(path: str) -> list[pb.Record]:
     return found
 
 
-def offline_run(run_dir: str) -> list[pb.Record]:
-    """The records of the one offline W&B run under `run_dir`."""
+def offline_run(run_dir: str, launches: int = 1) -> list[pb.Record]:
+    """The records of the offline W&B run under `run_dir`: of its last launch, when a resumed
+    run (the same W&B id) left `launches` of them."""
     paths = glob.glob(os.path.join(run_dir, "**", "offline-run-*", "run-*.wandb"), recursive=True)
-    assert len(paths) == 1, paths
-    return records(paths[0])
+    assert len(paths) == launches, paths
+    return records(max(paths))  # offline-run-<date>_<time>-<id>: the newest sorts last
 
 
 def of_type(found: list[pb.Record], kind: str) -> list:

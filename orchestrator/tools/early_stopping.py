@@ -1,7 +1,8 @@
 """python -m orchestrator.tools.early_stopping [--epochs 12] [--out early-stopping.json]: what a
 sweep's scheduler saves, measured. The same lr x dropout grid (2 x 3, the demo shards, the mini
-net) run three ways side by side: to the end (`sweep.scheduler=none`), with ASHA and with
-synchronous HyperBand; for each, the best val top-1 and the worker-seconds all its runs took."""
+net) run side by side: to the end (`sweep.scheduler=none`), with ASHA and with synchronous
+successive halving (`sha`; `--schedulers` may add `hyperband`); for each, the best val top-1 and
+the worker-seconds all its runs took, from each launch of a run to its last record."""
 
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--parallel", type=int, default=2)
     p.add_argument("--shards", default=os.path.join(REPO_ROOT, "data", "shards", "demo"))
-    p.add_argument("--schedulers", default="none,asha,hyperband")
+    p.add_argument("--schedulers", default="none,asha,sha")
     p.add_argument("--grace-period", type=int, default=1, help="sweep.grace_period")
     p.add_argument("--reduction-factor", type=int, default=2, help="sweep.reduction_factor")
     p.add_argument("--lrs", default=LRS, help="optim.lr values")
