@@ -287,7 +287,7 @@ SCHEDULERS = ("none", "asha", "sha", "hyperband")
 class SweepConfig:
     parallel: int = 1  # multirun runs at once (Ray Tune trials); each needs nodes x gpus_per_worker GPUs
     # Early stopping on val top-1 per epoch (orchestrator/tuning.py): none | asha | sha | hyperband
-    scheduler: str = "asha"
+    scheduler: str = "sha"
     grace_period: int = 1  # asha, sha: epochs every run gets before it can be stopped
     reduction_factor: int = 2  # 1/reduction_factor of the runs go on at each rung
     # asha: a run that passed a rung before better runs reached it is stopped once they have

@@ -4,11 +4,13 @@ drives that job's Ray Train run exactly as a single run does (`train.execute`). 
 holds a hundredth of a CPU; its Ray Train workers ask for their own GPUs, so as many trials run
 at once as the cluster holds (at most `sweep.parallel`) and the rest queue.
 
-`sweep.scheduler` stops hopeless runs early on val top-1 per epoch: `asha` (Li et al. 2018,
-asynchronous successive halving: never waits, but cannot judge the first trials) or `hyperband`
-(Tune's synchronous HyperBandScheduler: waits for a rung to fill, so it saves more on a small
-grid). The scheduler's verdict reaches a run the way Ctrl-C does, as a stop request in its folder,
-so it ends cleanly: a checkpoint, its best checkpoint in W&B, its W&B run finished and tagged, and
+`sweep.scheduler` stops hopeless runs early on val top-1 per epoch: `sha` (the default:
+synchronous successive halving, rung by rung, every run paused at each rung and the best resumed
+from its own checkpoint; `halving`), `asha` (Li et al. 2018, asynchronous successive halving:
+never waits, but cannot judge the first trials) or `hyperband` (Tune's synchronous
+HyperBandScheduler, which pauses and restores trials itself). ASHA's and HyperBand's verdicts
+reach a run the way Ctrl-C does, as a stop request in its folder, so it ends cleanly: a
+checkpoint, its best checkpoint in W&B, its W&B run finished and tagged, and
 `stopped early at epoch N` in its record."""
 
 from __future__ import annotations
