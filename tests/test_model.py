@@ -185,15 +185,16 @@ def test_odd_class_count_gives_tower_a_the_extra_output():
     assert model(torch.zeros(1, 3, 67, 67)).shape == (1, 11)
 
 
+@pytest.mark.parametrize("mode", ["eager", "compiled"])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_lrn_is_torchs_within_each_tower(channels_last):
+def test_lrn_is_torchs_within_each_tower(channels_last, mode):
     from model.alexnet import LocalResponseNorm
 
     x = torch.randn(3, 96, 13, 11) * 30
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     torch_lrn = torch.nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)
-    ours = LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)
+    ours = LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0, mode=mode)
     torch.testing.assert_close(ours(x), torch_lrn(x))
     per_tower = torch.cat([torch_lrn(x[:, :48]), torch_lrn(x[:, 48:])], 1)
     torch.testing.assert_close(ours(x, groups=2), per_tower)
@@ -205,12 +206,15 @@ def test_lrn_is_torchs_within_each_tower(channels_last):
     torch.testing.assert_close(grad, x.grad)
 
 
-def test_lrn_gradient_is_exact():
+@pytest.mark.parametrize("mode", ["eager", "compiled"])
+@pytest.mark.parametrize("beta", [0.75, 0.6])  # the paper's (two square roots) and any other (pow)
+def test_lrn_gradient_is_exact(mode, beta):
     from model.alexnet import LocalResponseNorm
 
     x = (torch.randn(2, 12, 5, 4, dtype=torch.float64) * 20).contiguous(memory_format=torch.channels_last)
-    lrn = LocalResponseNorm(5, alpha=1e-2, beta=0.75, k=2.0)  # a large alpha: the window term matters
+    lrn = LocalResponseNorm(5, alpha=1e-2, beta=beta, k=2.0, mode=mode)  # a large alpha: the window term matters
     assert torch.autograd.gradcheck(lambda t: lrn(t, groups=2), (x.requires_grad_(True),))
+    assert torch.autograd.gradcheck(lambda t: lrn(t, groups=2), (x.detach().contiguous().requires_grad_(True),))
 
 
 def test_paper_init_statistics():
