@@ -73,8 +73,8 @@ class _LRN(torch.autograd.Function):
 def _channel_rows(t: torch.Tensor, groups: int) -> torch.Tensor:
     """(N*H*W*groups, C/groups): each row one tower's channels at one pixel, a view of
     channels-last memory (a copy otherwise)."""
-    n, c, h, w = t.shape
-    return t.permute(0, 2, 3, 1).reshape(-1, c // groups)
+    channels = t.shape[1]
+    return t.permute(0, 2, 3, 1).reshape(-1, channels // groups)
 
 
 def _window_sum(rows: torch.Tensor, size: int) -> torch.Tensor:
