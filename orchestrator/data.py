@@ -174,7 +174,7 @@ def decode_rgb(jpg: bytes) -> np.ndarray:
         return simplejpeg.decode_jpeg(jpg, colorspace="RGB")
     except ValueError:
         with Image.open(io.BytesIO(jpg)) as img:
-            return np.asarray(img.convert("RGB"))
+            return np.array(img.convert("RGB"))  # writable: the crop becomes a tensor view of it
 
 
 def fits(image: np.ndarray, size: int) -> tuple[int, int]:
@@ -201,7 +201,7 @@ class Augment:
         self.kind, self.size, self.short_side = kind, size, short_side
         self.inception = v2.Compose([v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()])
 
-    def __call__(self, jpg: bytes) -> np.ndarray:
+    def __call__(self, jpg: bytes) -> np.ndarray | torch.Tensor:
         image = decode_rgb(jpg)
         if self.kind == "inception":
             return np.asarray(self.inception(Image.fromarray(image)))
@@ -209,8 +209,9 @@ class Augment:
         square = min(self.short_side, h, w)
         top = (h - square) // 2 + _offset(square - self.size)
         left = (w - square) // 2 + _offset(square - self.size)
-        crop = image[top : top + self.size, left : left + self.size]
-        return crop[:, ::-1] if torch.rand(()) < 0.5 else crop
+        crop = torch.from_numpy(image[top : top + self.size, left : left + self.size])
+        # torch's flip: 10 us for a 224 px crop; numpy copying a reversed view pixel by pixel: 160
+        return crop.flip(1) if torch.rand(()) < 0.5 else crop
 
 
 class EvalCrop:
@@ -235,7 +236,7 @@ class EvalCrop:
 
 
 def decode_batch(
-    batch: list[dict[str, Any]], decode: Callable[[bytes], np.ndarray], skips: Skips
+    batch: list[dict[str, Any]], decode: Callable[[bytes], np.ndarray | torch.Tensor], skips: Skips
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode and crop into one uint8 batch; an image that fails to decode is dropped (the batch
     is one smaller). Crops are written straight into the batch tensor: no stacking copy."""
@@ -247,9 +248,11 @@ def decode_batch(
         except (OSError, ValueError, SyntaxError) as err:  # what the decoders raise for broken files
             skips.add(1, s["__url__"], f"sample {s['__key__']} does not decode ({err})")
             continue
+        if not isinstance(image, torch.Tensor):
+            image = torch.from_numpy(np.ascontiguousarray(image))
         if images is None:
             images = torch.empty((len(batch), *image.shape), dtype=torch.uint8)
-        images[len(labels)] = torch.from_numpy(np.ascontiguousarray(image))
+        images[len(labels)] = image
         labels.append(label)
     if images is None:
         raise DataError(f"no image of a batch from {batch[0]['__url__']} decodes; rebuild that shard")

@@ -17,6 +17,7 @@ from orchestrator.data import (
     Reading,
     TrainStream,
     deal,
+    decode_rgb,
     steps_per_epoch,
     worker_share,
 )
@@ -185,6 +186,34 @@ def test_ten_crop_takes_its_patches_from_the_central_square():
     assert grey[0, 0] < 50 and grey[1, -1] > 210
     # the reflections: the mirrored square's top-left patch is the top-right one, mirrored
     torch.testing.assert_close(crops[5:], crops[[1, 0, 3, 2, 4]].flip(2))
+
+
+def test_paper_crops_are_patches_of_the_central_square_mirrored_half_the_time():
+    """Augment("paper"): a `size` patch of the central square, as it is or mirrored, never
+    resampled. The image: a ramp along x in green, along y in blue, red margins outside the square."""
+    import io
+
+    from PIL import Image
+
+    image = torch.zeros(96, 160, 3, dtype=torch.uint8)
+    image[:, :32] = image[:, 128:] = torch.tensor([255, 0, 0], dtype=torch.uint8)
+    image[:, 32:128, 1] = (torch.arange(96, dtype=torch.uint8) * 2 + 40)[None, :]
+    image[:, 32:128, 2] = (torch.arange(96, dtype=torch.uint8) * 2 + 40)[:, None]
+    buffer = io.BytesIO()
+    Image.fromarray(image.numpy()).save(buffer, format="PNG")  # lossless: pixels compare exactly
+    augment = Augment("paper", 64, 96)
+    decoded = torch.from_numpy(decode_rgb(buffer.getvalue()))
+    torch.manual_seed(0)
+    mirrored = 0
+    for _ in range(40):
+        crop = torch.as_tensor(augment(buffer.getvalue()))
+        assert crop.shape == (64, 64, 3) and crop[..., 0].max() == 0  # inside the square
+        top, left = int(crop[0, 0, 2] - 40) // 2, int(min(crop[0, 0, 1], crop[0, -1, 1]) - 40) // 2 + 32
+        patch = decoded[top : top + 64, left : left + 64]
+        flipped = bool(crop[0, 0, 1] > crop[0, -1, 1])
+        assert torch.equal(crop, patch.flip(1) if flipped else patch)
+        mirrored += flipped
+    assert 10 < mirrored < 30
 
 
 def test_device_transform_normalises_with_the_manifest_statistics(tiny_shards):
