@@ -43,6 +43,7 @@ class Row:
     epochs: int = 0
     planned_epochs: int = 0
     seconds: float | None = None  # time running, from launch to its last record (RunRecord.seconds)
+    first_step_s: float = 0.0  # when its first step was taken, in the same time
     workers: int = 1
     gpus: int = 0  # all workers' GPUs together (0: CPU)
 
@@ -56,11 +57,12 @@ class Row:
         return None if seconds is None else seconds * (self.gpus or self.workers) / 3600
 
     def full_cost(self) -> float | None:
-        """What the run costs when it trains every planned epoch (a run stopped early, projected
-        at its own time per epoch)."""
+        """What the run costs when it trains every planned epoch: a run stopped early, projected
+        at its own time per epoch, counted from its first step (its launch is paid once)."""
         if self.seconds is None or not self.epochs:
             return self.cost()
-        return self.cost(self.seconds * max(self.planned_epochs, self.epochs) / self.epochs)
+        per_epoch = (self.curve[-1][1] - self.first_step_s) / self.epochs if self.curve else self.seconds / self.epochs
+        return self.cost(self.seconds + (max(self.planned_epochs, self.epochs) - self.epochs) * per_epoch)
 
     def reached(self, threshold: float) -> tuple[int, float] | None:
         """(epoch, seconds) when the metric first reached `threshold`."""
@@ -116,6 +118,7 @@ def local_rows(root: str, options: dict[str, Any], group: str | None, metric: st
                 epochs=record.epochs_done(),
                 planned_epochs=int(config.get("epochs") or 0),
                 seconds=record.seconds(),
+                first_step_s=next((active[e["time"]] for e in record.events("first_step") if e["time"] in active), 0.0),
                 workers=int(config.get("cluster.nodes") or 1),
                 gpus=sum(1 for d in devices if d.startswith("cuda")),
             )
