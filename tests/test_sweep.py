@@ -118,7 +118,8 @@ def test_synchronous_halving_judges_every_run_at_each_rung_and_resumes_the_best(
     args = [a for a in tiny(tiny_shards, runs) if not a.startswith("epochs=")]
     proc = train(
         "-m", "optim.lr=0.05,0.02,1e-7", "model.dropout=0.0", "epochs=3", "optim.scale_lr=none",
-        "sweep.scheduler=sha", "sweep.grace_period=1", "sweep.reduction_factor=3", "sweep.parallel=2", *args,
+        "sweep.scheduler=sha", "sweep.grace_period=1", "sweep.reduction_factor=3", "sweep.parallel=3",
+        "cluster.nodes=1", *args,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     capsys.readouterr()
