@@ -121,6 +121,11 @@ def _lrn_backward(
     return grad.view(n, h, w, c).permute(0, 3, 1, 2)
 
 
+# One kernel per shape (dynamic=False): a batch dimension left symbolic made these passes 1.6x
+# slower here. A run meets up to 8 shapes per LRN function (two layers x the train batch, the
+# last val batch, 10-crop's tenfold ones), dynamo's default recompile limit, past which it runs
+# the function uncompiled (slower, and rounding differently): allow more.
+torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
 _lrn_forward_compiled = torch.compile(_lrn_forward, dynamic=False)
 _lrn_backward_compiled = torch.compile(_lrn_backward, dynamic=False)
 

@@ -369,6 +369,7 @@ class Trainer:
             if folder is not None:
                 self.load_state_dict(checkpoint.load(folder))
                 pos = self.position
+                self.saved_at = pos.step  # a stop or pause right away needs no second copy of it
                 self.tracker.event("resumed", step=pos.step, epoch=pos.epoch, batch=pos.batch)
 
     def reseed(self, micro: int = 0) -> None:

@@ -224,7 +224,7 @@ def halving(jobs: dict[int, TrainConfig], experiment_dir: str) -> dict[int, Exce
     others are recorded as stopped early. Unlike ASHA no run passes a rung unjudged, and unlike
     Tune's HyperBand no trial is paused and restored by Tune: a run's own checkpoint and
     `resume=true` carry it over, and a waiting run holds no GPU. Each rung relaunches its runs
-    (~10 s each on this machine), which epochs of minutes make negligible."""
+    (~15 s each on this machine), which epochs of minutes make negligible."""
     from ray.tune.schedulers import FIFOScheduler
 
     from orchestrator.stopping import STOPS
@@ -250,12 +250,15 @@ def halving(jobs: dict[int, TrainConfig], experiment_dir: str) -> dict[int, Exce
                 mark_stopped_early(jobs[job], rung)
                 log.info("run %s: stopped early at epoch %d (sha)", jobs[job].run_name, rung)
         alive = kept
+        if not alive:  # every run failed before the rung
+            break
     return errors
 
 
 def top1_at(config: TrainConfig, epoch: int) -> float:
     """The run's val top-1 after `epoch` epochs, if it paused there (NaN if it failed first)."""
-    record = RunRecord.read(run_folder(config).url, run_folder(config).options)
+    folder = run_folder(config)
+    record = RunRecord.read(folder.url, folder.options)
     if record.end_event != PAUSED:
         return math.nan
     values = [line[METRIC] for line in record.metric_lines(METRIC) if line["epoch"] + 1 == epoch]

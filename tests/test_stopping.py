@@ -90,6 +90,9 @@ def test_ctrl_c_checkpoints_the_current_step_and_resume_repeats_the_uninterrupte
 @pytest.mark.timeout(300)
 def test_sigterm_to_a_torch_distributed_worker_stops_it_resumably(tiny_shards, tmp_path, monkeypatch):
     """What torchrun forwards and Kubernetes sends: SIGTERM -> checkpoint here, exit 143."""
+    # The clean run trains in this process, the stopped one in a fresh one: both must run the
+    # compiled LRN, not this process's uncompiled fallback after the shapes earlier tests used
+    torch._dynamo.reset()
     runs = str(tmp_path / "runs")
     common = {"epochs": 8, "log_every_steps": 1, "cluster.nodes": 1, "logger.mode": "disabled", "data.workers": 2}
     monkeypatch.setenv("MASTER_PORT", str(free_port()))
