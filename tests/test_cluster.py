@@ -111,7 +111,7 @@ def test_a_job_submitted_to_a_two_node_cluster_runs_one_worker_per_node(tiny_sha
         wait_for_nodes(dashboard, 2, started, token)
 
         runs = str(tmp_path / "runs")
-        overrides = tiny_run_overrides(tiny_shards, runs, run_name="two-nodes", epochs=2)
+        overrides = tiny_run_overrides(tiny_shards, runs, run_name="two-nodes", epochs=1)
         overrides += ["cluster.gpus_per_worker=0", "cluster.cpus_per_worker=1", "cluster.placement_strategy=SPREAD"]
         submitted = subprocess.run(
             [sys.executable, "-m", "orchestrator.submit", "--address", dashboard, "--nodes", "2", *overrides],
