@@ -99,26 +99,45 @@ def _inverse_power(s: torch.Tensor, beta: float) -> torch.Tensor:
     return s.pow(-beta)
 
 
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    """At least fp32: bf16/fp16 activations are normalised in fp32 (float64 stays float64)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+def _denominator(rows: torch.Tensor, size: int, alpha: float, k: float) -> torch.Tensor:
+    """s = k + alpha * mean of x^2 over the window, in at least fp32."""
+    rows = _wide(rows)
+    return _window_sum(rows * rows, size) * (alpha / size) + k
+
+
 def _lrn_forward(x: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int) -> torch.Tensor:
     n, c, h, w = x.shape
     rows = _channel_rows(x, groups)
-    s = _window_sum(rows * rows, size) * (alpha / size) + k
-    return (rows * _inverse_power(s, beta)).view(n, h, w, c).permute(0, 3, 1, 2)
+    s = _denominator(rows, size, alpha, k)
+    return (_wide(rows) * _inverse_power(s, beta)).to(x.dtype).view(n, h, w, c).permute(0, 3, 1, 2)
+
+
+def _lrn_forward_keeping_s(
+    x: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The forward, also handing back s (fp32) for the backward."""
+    n, c, h, w = x.shape
+    rows = _channel_rows(x, groups)
+    s = _denominator(rows, size, alpha, k)
+    return (_wide(rows) * _inverse_power(s, beta)).to(x.dtype).view(n, h, w, c).permute(0, 3, 1, 2), s
 
 
 def _lrn_backward(
-    g: torch.Tensor, x: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int
+    g: torch.Tensor, x: torch.Tensor, s: torch.Tensor, size: int, alpha: float, beta: float, groups: int
 ) -> torch.Tensor:
     """dL/dx_i = g_i s_i^-beta - (2 alpha beta / size) x_i sum_{j in window(i)} g_j x_j s_j^(-beta-1):
-    the window is symmetric, so its transpose is itself. s is recomputed from x (one read) rather
-    than saved (one more activation-sized tensor kept per LRN)."""
+    the window is symmetric, so its transpose is itself."""
     n, c, h, w = x.shape
-    rows, grad_rows = _channel_rows(x, groups), _channel_rows(g, groups)
-    s = _window_sum(rows * rows, size) * (alpha / size) + k
+    rows, grad_rows = _wide(_channel_rows(x, groups)), _wide(_channel_rows(g, groups))
     inverse = _inverse_power(s, beta)
     spread = _window_sum(grad_rows * rows * inverse / s, size)
     grad = grad_rows * inverse - (2 * alpha * beta / size) * rows * spread
-    return grad.view(n, h, w, c).permute(0, 3, 1, 2)
+    return grad.to(g.dtype).view(n, h, w, c).permute(0, 3, 1, 2)
 
 
 # One kernel per shape (dynamic=False): a batch dimension left symbolic made these passes 1.6x
@@ -127,23 +146,27 @@ def _lrn_backward(
 # the function uncompiled (slower, and rounding differently): allow more.
 torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
 _lrn_forward_compiled = torch.compile(_lrn_forward, dynamic=False)
+_lrn_forward_keeping_s_compiled = torch.compile(_lrn_forward_keeping_s, dynamic=False)
 _lrn_backward_compiled = torch.compile(_lrn_backward, dynamic=False)
 
 
 class _CompiledLRN(torch.autograd.Function):
     """The same function, forward and backward each one torch.compile'd kernel chain (Inductor:
-    C++ on the CPU, Triton on GPUs) that reads the activation once; only x is kept for backward."""
+    C++ on the CPU, Triton on GPUs). The forward keeps s (fp32) for the backward, which then
+    needs one window sum instead of two: one more activation-sized fp32 tensor per LRN while
+    training (122 MB at batch 64 for both layers), for a backward 1.3x (fp32) to 2x (bf16) faster."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int) -> torch.Tensor:
-        ctx.save_for_backward(x)
-        ctx.args = (size, alpha, beta, k, groups)
-        return _lrn_forward_compiled(x, size, alpha, beta, k, groups)
+        y, s = _lrn_forward_keeping_s_compiled(x, size, alpha, beta, k, groups)
+        ctx.save_for_backward(x, s)
+        ctx.args = (size, alpha, beta, groups)
+        return y
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
-        (x,) = ctx.saved_tensors
-        return _lrn_backward_compiled(g, x, *ctx.args), *[None] * 5
+        x, s = ctx.saved_tensors
+        return _lrn_backward_compiled(g, x, s, *ctx.args), *[None] * 5
 
 
 LRN_MODES = ("eager", "compiled")
@@ -174,7 +197,9 @@ class LocalResponseNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, groups: int = 1) -> torch.Tensor:
         if self.mode == "compiled":
-            return _CompiledLRN.apply(x, self.size, self.alpha, self.beta, self.k, groups)
+            if torch.is_grad_enabled() and x.requires_grad:
+                return _CompiledLRN.apply(x, self.size, self.alpha, self.beta, self.k, groups)
+            return _lrn_forward_compiled(x, self.size, self.alpha, self.beta, self.k, groups)  # no s to keep
         return _LRN.apply(x, self.size, self.alpha, self.beta, self.k, groups)
 
 
