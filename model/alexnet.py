@@ -181,11 +181,11 @@ class LocalResponseNorm(nn.Module):
     autograd: that was ~45% of a CPU training step in fp32 and ~75% in bf16 (make bench).
     eager: the window mean as a 1-D pool on channels-last memory, backward written out.
     compiled: forward and backward each one torch.compile'd pass (Inductor: C++ on the CPU, Triton
-    on GPUs), the window as shifted slices and beta=0.75 as two square roots. Forward + backward
-    on 64x96x55x55 channels-last, 2-core CPU: fp32 101 ms (eager 380, the same math compiled as
-    one autograd graph with an average pool and `pow` 189, a ReLU, the floor, 44); bf16 147 ms
-    (eager 294, the autograd-graph version 163). On 64x256x27x27: fp32 66 (242, 120), bf16 51
-    (116, 62)."""
+    on GPUs), the window as shifted slices, beta=0.75 as two square roots, s kept for the
+    backward. Forward + backward on 64x96x55x55 channels-last, 2-core CPU: fp32 85 ms (eager 380,
+    the same math compiled as one autograd graph with an average pool and `pow` 189, a ReLU, the
+    floor, 44); bf16 134 ms (eager 294, the autograd-graph version 163). On 64x256x27x27: fp32 61
+    (242, 120), bf16 28 (116, 62)."""
 
     def __init__(
         self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0, mode: str = "eager"
