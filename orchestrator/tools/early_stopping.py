@@ -21,16 +21,18 @@ LRS = "0.04,0.01,0.0025"
 DROPOUTS = "0.5,0.3"
 
 
-def sweep(scheduler: str, root: str, epochs: int, parallel: int, shards: str, grace: int, factor: int,
-          grid: list[str], overrides: list[str]) -> dict:  # fmt: skip
+def sweep(scheduler: str, root: str, args: argparse.Namespace) -> dict:
+    """One sweep of the grid with `scheduler`, in its own folder under `root`."""
     runs = os.path.join(root, scheduler)
     start = time.perf_counter()
     subprocess.run(
         [
-            sys.executable, "-m", "orchestrator.train", "-m", *grid, f"epochs={epochs}", f"data.url={shards}",
+            sys.executable, "-m", "orchestrator.train", "-m", f"optim.lr={args.lrs}",
+            f"model.dropout={args.dropouts}", f"epochs={args.epochs}", f"data.url={args.shards}",
             f"storage.url={runs}", f"hydra.sweep.dir={runs}/.sweep", f"sweep.scheduler={scheduler}",
-            f"sweep.parallel={parallel}", f"sweep.reduction_factor={factor}", f"sweep.grace_period={grace}",
-            "logger.mode=disabled", "log_every_steps=100", "data.workers=0", *overrides,
+            f"sweep.parallel={args.parallel}", f"sweep.reduction_factor={args.reduction_factor}",
+            f"sweep.grace_period={args.grace_period}", "logger.mode=disabled", "log_every_steps=100",
+            "data.workers=0", *args.overrides,
         ],
         cwd=REPO_ROOT, check=True, stdout=subprocess.DEVNULL,
     )  # fmt: skip
@@ -39,7 +41,7 @@ def sweep(scheduler: str, root: str, epochs: int, parallel: int, shards: str, gr
         "best_val_top1": max(r.best or 0.0 for r in rows),
         "worker_seconds": sum(r.seconds * r.workers for r in rows if r.seconds),
         "epochs_run": sum(r.epochs for r in rows),
-        "epochs_planned": epochs * len(rows),
+        "epochs_planned": args.epochs * len(rows),
         "wall_seconds": time.perf_counter() - start,
     }
 
@@ -57,22 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", help="more overrides for every sweep, e.g. sweep.rejudge=false")
     p.add_argument("--out", default="early-stopping.json")
     args = p.parse_args(argv)
-    grid = [f"optim.lr={args.lrs}", f"model.dropout={args.dropouts}"]
     with tempfile.TemporaryDirectory(prefix="early-stopping-") as root:
-        results = {
-            s: sweep(
-                s,
-                root,
-                args.epochs,
-                args.parallel,
-                args.shards,
-                args.grace_period,
-                args.reduction_factor,
-                grid,
-                args.overrides,
-            )
-            for s in args.schedulers.split(",")
-        }
+        results = {s: sweep(s, root, args) for s in args.schedulers.split(",")}
     full = results.get("none")
     if full:
         for r in results.values():
