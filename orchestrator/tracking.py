@@ -44,8 +44,11 @@ class Tracker:
                 log.warning("W&B %s start failed (%s); logging offline", mode, type(err).__name__)
                 mode = "offline"
                 self.run = self._start_wandb(config, mode, wandb_dir)
-            # A resumed run runs again: the tag its last end left ("paused", "stopped") goes.
-            self.run.tags = tuple(t for t in self.run.tags if t not in STATUS_TAGS)
+            # A resumed run runs again: the tag its last end left ("paused", "stopped") goes. Only
+            # then a write: a second tags update racing finish's was lost once under load.
+            kept = tuple(t for t in self.run.tags if t not in STATUS_TAGS)
+            if kept != tuple(self.run.tags):
+                self.run.tags = kept
             # run.dir is <run folder>/files; the run folder is what `wandb sync` takes.
             url = self.run.url if mode == "online" else None  # offline runs have none (W&B warns if asked)
             self.event("wandb", mode=mode, url=url, dir=os.path.dirname(self.run.dir))
