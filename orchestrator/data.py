@@ -26,10 +26,11 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchvision.transforms import v2
-from webdataset.tariterators import group_by_keys, tar_file_expander
+from webdataset.tariterators import group_by_keys
 
 from orchestrator import storage
 from orchestrator.config import ConfigError
+from orchestrator.tar_members import tar_members
 from shards.manifest import MANIFEST_NAME, Manifest, ShardInfo
 
 log = logging.getLogger(__name__)
@@ -152,7 +153,7 @@ def samples(reading: Reading, root: str, storage_options: dict[str, Any], skips:
         taken = 0
         with stream:
             # A truncated or corrupt tar ends the shard; the shortfall is counted below.
-            members = tar_file_expander([{"url": url, "stream": stream}], handler=wds.ignore_and_continue)
+            members = tar_members(url, stream)
             for index, sample in enumerate(group_by_keys(members, handler=wds.ignore_and_continue)):
                 if index >= span.stop:
                     break
