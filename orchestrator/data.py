@@ -13,11 +13,12 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import os
 import random
 import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import simplejpeg
@@ -34,6 +35,8 @@ from orchestrator.tar_members import tar_members
 from shards.manifest import MANIFEST_NAME, Manifest, ShardInfo
 
 log = logging.getLogger(__name__)
+
+PREFETCH = 4  # batches each loader process makes ahead
 
 
 def stable_seed(*parts: object) -> int:
@@ -237,11 +240,15 @@ class EvalCrop:
 
 
 def decode_batch(
-    batch: list[dict[str, Any]], decode: Callable[[bytes], np.ndarray | torch.Tensor], skips: Skips
+    batch: list[dict[str, Any]],
+    decode: Callable[[bytes], np.ndarray | torch.Tensor],
+    skips: Skips,
+    out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode and crop into one uint8 batch; an image that fails to decode is dropped (the batch
-    is one smaller). Crops are written straight into the batch tensor: no stacking copy."""
-    images: torch.Tensor | None = None
+    is one smaller). Crops are written straight into the batch tensor (`out` when given): no
+    stacking copy."""
+    images: torch.Tensor | None = out
     labels = []
     for s in batch:
         try:
@@ -255,9 +262,95 @@ def decode_batch(
             images = torch.empty((len(batch), *image.shape), dtype=torch.uint8)
         images[len(labels)] = image
         labels.append(label)
-    if images is None:
+    if not labels:
         raise DataError(f"no image of a batch from {batch[0]['__url__']} decodes; rebuild that shard")
+    assert images is not None
     return images[: len(labels)], torch.tensor(labels)
+
+
+class BatchSlots:
+    """Shared-memory batch buffers that loader processes fill in place, in the training process.
+
+    A tensor a loader process returns goes through fresh shared memory, one segment per batch,
+    and writing into fresh pages costs their faults (6 ms per 64-image batch here). Instead each
+    loader process owns a ring of `depth` batches, made once and kept for the next epochs, and
+    sends only where its batch lies; the training process copies each batch out as it arrives
+    (so a batch stays valid however long it is kept) and hands the slot back through the
+    process's semaphore. Measured on the bench's shards (2 processes, 2 cores): loader processes'
+    CPU per image 0.56 ms -> 0.40 (a bare decode loop: 0.37-0.43), the training process's 0.04 ->
+    0.05-0.09 (the copy out), images/s 3,000 -> 3,600-4,100. With depth = prefetch + 1 a loader
+    process never waits: it only makes a batch the DataLoader asked for, and the DataLoader asks
+    a process for one more only as it hands over one of that process's batches."""
+
+    _kept: ClassVar[dict[tuple[int, ...], BatchSlots]] = {}  # by (workers, depth, *shape)
+
+    def __init__(self, workers: int, depth: int, shape: tuple[int, ...]) -> None:
+        size = workers * depth * int(np.prod(shape))
+        storage = torch.UntypedStorage._new_shared(size)  # the same shared memory as DataLoader's
+        self.images = torch.empty(0, dtype=torch.uint8).set_(storage).view(workers, depth, *shape)
+        self.workers, self.depth, self.in_use = workers, depth, False
+        self.owner = os.getpid()
+        self.free: list[Any] = []
+
+    @classmethod
+    def open(cls, workers: int, depth: int, shape: tuple[int, ...]) -> BatchSlots:
+        """Slots for one epoch's loader: the kept ones unless another loader has them."""
+        key = (workers, depth, *shape)
+        slots = cls._kept.get(key)
+        if slots is None:
+            slots = cls._kept[key] = cls(workers, depth, shape)
+        elif slots.in_use:  # another loader is running: slots of its own, not kept
+            slots = cls(workers, depth, shape)
+        slots.in_use = True
+        context = torch.multiprocessing.get_context()  # the DataLoader's
+        slots.free = [context.Semaphore(depth) for _ in range(workers)]
+        return slots
+
+    def close(self, finished: bool) -> None:
+        """After the epoch. The slots of an epoch that ended early are never handed out again:
+        its loader processes may still be writing into them."""
+        if finished:
+            self.in_use = False
+        else:
+            for key, kept in list(self._kept.items()):
+                if kept is self:
+                    del self._kept[key]
+
+    def fill(self, worker: int, batch: int) -> torch.Tensor:
+        """In loader process `worker`: the slot for its `batch`-th batch, once it is free."""
+        while not self.free[worker].acquire(timeout=5):
+            if os.getppid() != self.owner:
+                raise RuntimeError("the training process is gone")
+        return self.images[worker, batch % self.depth]
+
+    def take(self, filled: Filled, pin: bool) -> tuple[int, torch.Tensor, torch.Tensor, int]:
+        """In the training process: the batch copied out of its slot, and the slot handed back."""
+        view = self.images[filled.worker, filled.batch % self.depth, : filled.count]
+        images = torch.empty(view.shape, dtype=torch.uint8, pin_memory=pin)
+        np.copyto(images.numpy(), view.numpy())  # one thread: torch's copy_ wakes the OpenMP pool
+        self.free[filled.worker].release()
+        labels = filled.labels.pin_memory() if pin else filled.labels
+        return filled.index, images, labels, filled.skipped
+
+
+@dataclass
+class Filled:
+    """What a loader process sends: batch `index` (its `batch`-th) lies in its slot."""
+
+    index: int
+    worker: int
+    batch: int
+    count: int
+    labels: torch.Tensor
+    skipped: int
+    slots_id: int
+
+    def pin_memory(self, device: Any = None) -> tuple[int, torch.Tensor, torch.Tensor, int]:
+        """The DataLoader's pin-memory thread copies the batch straight into pinned memory."""
+        return _open_slots[self.slots_id].take(self, pin=True)
+
+
+_open_slots: dict[int, BatchSlots] = {}  # by id, for the pin-memory thread
 
 
 class DataError(RuntimeError):
@@ -290,37 +383,59 @@ class TrainStream(IterableDataset):
         self.steps = steps_per_epoch(shards, world, batch_size)
         self.key = (seed, epoch, rank)
         self.batch_size, self.augment, self.buffer, self.skip = batch_size, augment, shuffle_buffer, skip
+        self.slots: BatchSlots | None = None  # set while batches() runs loader processes
+        self.slots_id = 0
 
     def __len__(self) -> int:
         return self.steps - self.skip
 
-    def __iter__(self) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, int]]:
+    def __iter__(self) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, int] | Filled]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         reading = worker_share(self.reading, self.steps, self.batch_size, worker, workers)
         mine = range(worker, self.steps, workers)
         skips = Skips()
+        made = 0
         for index, batch in zip(mine, self._raw_batches(reading, worker, skips), strict=False):
             if index < self.skip:
                 skips.take()  # counted before the checkpoint this run resumed from
                 continue
             torch.manual_seed(stable_seed(*self.key, "batch", index))
-            images, labels = decode_batch(batch, self.augment, skips)
-            yield index, images, labels, skips.take()
+            if self.slots is None:
+                images, labels = decode_batch(batch, self.augment, skips)
+                yield index, images, labels, skips.take()
+                continue
+            _, labels = decode_batch(batch, self.augment, skips, out=self.slots.fill(worker, made))
+            yield Filled(index, worker, made, len(labels), labels, skips.take(), self.slots_id)
+            made += 1
 
     def batches(self, workers: int, pin_memory: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
-        """This epoch's batches in index order, decoded by `workers` loader processes, with the
-        number of samples skipped as unreadable since the previous batch.
+        """This epoch's batches in index order, decoded by `workers` loader processes (into
+        `BatchSlots`), with the number of samples skipped as unreadable since the previous batch.
 
         Process w owns batches w, w+n, w+2n, ... The DataLoader always asks process 0 first, so
         after a mid-epoch resume a few arrive early; they wait here until their turn."""
+        shape = (self.batch_size, self.augment.size, self.augment.size, 3)
+        self.slots = BatchSlots.open(workers, PREFETCH + 1, shape) if workers else None
+        self.slots_id = id(self.slots)
+        _open_slots[self.slots_id] = self.slots
         pending: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}
-        expected = self.skip
-        for index, images, labels, skipped in loader(self, workers, pin_memory):
-            pending[index] = (images, labels, skipped)
-            while expected in pending:
-                yield pending.pop(expected)
-                expected += 1
+        expected, finished = self.skip, False
+        try:
+            for item in loader(self, workers, pin_memory):
+                if isinstance(item, Filled):  # copied out at once: the slot goes back to its process
+                    item = self.slots.take(item, pin=False)
+                index, images, labels, skipped = item
+                pending[index] = (images, labels, skipped)
+                while expected in pending:
+                    yield pending.pop(expected)
+                    expected += 1
+            finished = True
+        finally:
+            _open_slots.pop(self.slots_id, None)
+            if self.slots is not None:
+                self.slots.close(finished)
+            self.slots = None
 
     def _raw_batches(self, reading: Reading, worker: int, skips: Skips) -> Iterator[list[dict[str, Any]]]:
         """Shuffled batches of raw samples. The reading holds exactly this worker's batches; only
@@ -397,7 +512,7 @@ def loader(dataset: IterableDataset, workers: int, pin_memory: bool) -> DataLoad
         num_workers=workers,
         pin_memory=pin_memory,
         persistent_workers=False,
-        prefetch_factor=4 if workers else None,
+        prefetch_factor=PREFETCH if workers else None,
         generator=torch.Generator(),
         worker_init_fn=_ignore_interrupts,
     )

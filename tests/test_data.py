@@ -4,7 +4,10 @@ exact skipping for resume, and val read once across ranks."""
 from __future__ import annotations
 
 import itertools
+import os
 import random
+from types import SimpleNamespace
+from unittest import mock
 
 import pytest
 import torch
@@ -21,17 +24,27 @@ from orchestrator.data import (
     steps_per_epoch,
     worker_share,
 )
+from orchestrator.tar_members import tar_members
 from shards.manifest import ShardInfo, read_manifest
 
 
 def keys_of(stream: TrainStream, workers: int = 0) -> list[list[str]]:
-    """The sample keys of every batch, by patching decode to return keys instead of pixels."""
+    """The sample keys of every batch, by patching decode to return each sample's number in
+    the shards as its label instead of decoding pixels."""
     import orchestrator.data as data
 
+    names = []
+    for shard in stream.reading.shards:
+        with open(os.path.join(stream.root, shard.name), "rb") as f:
+            names += [m["fname"].split(".")[0] for m in tar_members(shard.name, f) if m["fname"].endswith(".cls")]
+    number = {name: i for i, name in enumerate(names)}
     original = data.decode_batch
-    data.decode_batch = lambda batch, decode, skips: ([s["__key__"] for s in batch], None)
+    data.decode_batch = lambda batch, decode, skips, out=None: (
+        None,
+        torch.tensor([number[s["__key__"]] for s in batch]),
+    )
     try:
-        return [keys for keys, _, _ in stream.batches(workers, False)]
+        return [[names[i] for i in labels.tolist()] for _, labels, _ in stream.batches(workers, False)]
     finally:
         data.decode_batch = original
 
@@ -146,6 +159,24 @@ def test_augmentation_of_a_batch_does_not_depend_on_skipping(tiny_shards):
     resumed = [x for x, _, _ in stream(manifest, tiny_shards, skip=2).batches(0, False)]
     assert all(torch.equal(a, b) for a, b in zip(full[2:], resumed, strict=True))
     assert full[0].dtype == torch.uint8 and full[0].shape == (8, 67, 67, 3)
+
+
+def test_loader_processes_hand_over_the_pixels_of_one_process_and_batches_stay_intact(tiny_shards):
+    """Loader processes fill shared batch slots that they reuse (BatchSlots); every batch a
+    consumer keeps must still hold its own pixels after the slots were refilled, in later epochs
+    too, and after an epoch that was left half way."""
+    manifest = read_manifest(tiny_shards)
+    one = {}  # each process's batches, made in this process without slots
+    for worker in range(2):
+        with mock.patch("orchestrator.data.get_worker_info", return_value=SimpleNamespace(id=worker, num_workers=2)):
+            one.update({index: (x, y) for index, x, y, _ in stream(manifest, tiny_shards)})
+    one = [one[i] for i in sorted(one)]
+    assert len(one) > 2 * (4 + 1)  # more batches per process than its slots: slots are refilled
+    for _ in range(2):
+        kept = [(x, y) for x, y, _ in stream(manifest, tiny_shards).batches(2, False)]
+        assert len(kept) == len(one)
+        assert all(torch.equal(a, b) and torch.equal(c, d) for (a, c), (b, d) in zip(one, kept, strict=True))
+        next(iter(stream(manifest, tiny_shards).batches(2, False)))  # an epoch left after one batch
 
 
 @pytest.mark.parametrize("world", [1, 2, 3])
