@@ -179,6 +179,16 @@ def test_loader_processes_hand_over_the_pixels_of_one_process_and_batches_stay_i
         next(iter(stream(manifest, tiny_shards).batches(2, False)))  # an epoch left after one batch
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned memory needs CUDA")
+def test_pinned_batches_are_copied_out_of_their_slots_by_the_pin_thread(tiny_shards):
+    manifest = read_manifest(tiny_shards)
+    plain = [(x, y) for x, y, _ in stream(manifest, tiny_shards).batches(2, False)]
+    pinned = [(x, y) for x, y, _ in stream(manifest, tiny_shards).batches(2, True)]
+    assert all(x.is_pinned() and y.is_pinned() for x, y in pinned)
+    assert all(torch.equal(a, b) and torch.equal(c, d) for (a, c), (b, d) in zip(plain, pinned, strict=True))
+
+
 @pytest.mark.parametrize("world", [1, 2, 3])
 def test_val_is_read_once_across_ranks(tiny_shards, world):
     manifest = read_manifest(tiny_shards)
