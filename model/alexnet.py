@@ -104,37 +104,76 @@ def _wide(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
+# bf16 matrix products run on the CPU's matrix units (AMX, AVX512-BF16) rather than emulated.
+_CPU_BF16_MATMUL = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def _banded(rows: torch.Tensor) -> bool:
+    """Window sums of bf16 rows on such a CPU run as a matrix product with a band of ones: one
+    oneDNN GEMM (K = a tower's channels) instead of shifted slices, which Inductor's CPU code
+    loads through masks at the row ends, element by element for bf16. Forward + backward with
+    the ReLU, 64x96x55x55 bf16: 82 ms against 160; 64x256x27x27: 20 against 56. fp32 stays on
+    the slices (55 ms against 64 forward), and GPUs too (Triton masks its loads for free). The
+    squares and the products summed are rounded to bf16 and s comes back in bf16 precision: one
+    bf16 rounding of the output (relative error 4e-3 against the fp32 arithmetic)."""
+    return rows.dtype == torch.bfloat16 and rows.device.type == "cpu" and _CPU_BF16_MATMUL
+
+
+def _band(width: int, size: int, like: torch.Tensor) -> torch.Tensor:
+    """(width, width) ones where |i - j| <= size // 2: rows @ band sums each window (odd size:
+    the band is its own transpose, as the backward needs)."""
+    i = torch.arange(width, device=like.device)
+    return ((i[:, None] - i[None, :]).abs() <= size // 2).to(like.dtype)
+
+
 def _denominator(rows: torch.Tensor, size: int, alpha: float, k: float) -> torch.Tensor:
     """s = k + alpha * mean of x^2 over the window, in at least fp32."""
-    rows = _wide(rows)
-    return _window_sum(rows * rows, size) * (alpha / size) + k
+    if _banded(rows):
+        sums = torch.mm(rows * rows, _band(rows.shape[1], size, rows)).float()
+    else:
+        rows = _wide(rows)
+        sums = _window_sum(rows * rows, size)
+    return sums * (alpha / size) + k
 
 
 def _lrn_forward_keeping_s(
-    x: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int
+    x: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int, relu: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The LRN's output, and s (at least fp32) for the backward."""
+    """The LRN of x (of relu(x) with `relu`), and s (at least fp32) for the backward."""
     n, c, h, w = x.shape
     rows = _channel_rows(x, groups)
+    if relu:
+        rows = torch.relu(rows)
     s = _denominator(rows, size, alpha, k)
     return (_wide(rows) * _inverse_power(s, beta)).to(x.dtype).view(n, h, w, c).permute(0, 3, 1, 2), s
 
 
-def _lrn_forward(x: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int) -> torch.Tensor:
+def _lrn_forward(
+    x: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int, relu: bool
+) -> torch.Tensor:
     """Without autograd: compiled, s is never written."""
-    return _lrn_forward_keeping_s(x, size, alpha, beta, k, groups)[0]
+    return _lrn_forward_keeping_s(x, size, alpha, beta, k, groups, relu)[0]
 
 
 def _lrn_backward(
-    g: torch.Tensor, x: torch.Tensor, s: torch.Tensor, size: int, alpha: float, beta: float, groups: int
+    g: torch.Tensor, x: torch.Tensor, s: torch.Tensor, size: int, alpha: float, beta: float, groups: int, relu: bool
 ) -> torch.Tensor:
-    """dL/dx_i = g_i s_i^-beta - (2 alpha beta / size) x_i sum_{j in window(i)} g_j x_j s_j^(-beta-1):
-    the window is symmetric, so its transpose is itself."""
+    """dL/dr_i = g_i s_i^-beta - (2 alpha beta / size) r_i sum_{j in window(i)} g_j r_j s_j^(-beta-1)
+    with r = x (r = relu(x) with `relu`, whose gradient then passes only where x > 0): the window
+    is symmetric, so its transpose is itself."""
     n, c, h, w = x.shape
     rows, grad_rows = _wide(_channel_rows(x, groups)), _wide(_channel_rows(g, groups))
+    if relu:
+        rows = torch.relu(rows)
     inverse = _inverse_power(s, beta)
-    spread = _window_sum(grad_rows * rows * inverse / s, size)
+    term = grad_rows * rows * inverse / s
+    if _banded(x):
+        spread = torch.mm(term.to(x.dtype), _band(term.shape[1], size, x)).float()
+    else:
+        spread = _window_sum(term, size)
     grad = grad_rows * inverse - (2 * alpha * beta / size) * rows * spread
+    if relu:
+        grad = torch.where(rows > 0, grad, 0.0)
     return grad.to(g.dtype).view(n, h, w, c).permute(0, 3, 1, 2)
 
 
@@ -155,16 +194,18 @@ class _CompiledLRN(torch.autograd.Function):
     training (122 MB at batch 64 for both layers), for a backward 1.5-4x faster here."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int) -> torch.Tensor:
-        y, s = _lrn_forward_keeping_s_compiled(x, size, alpha, beta, k, groups)
+    def forward(
+        ctx, x: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int, relu: bool
+    ) -> torch.Tensor:
+        y, s = _lrn_forward_keeping_s_compiled(x, size, alpha, beta, k, groups, relu)
         ctx.save_for_backward(x, s)
-        ctx.args = (size, alpha, beta, groups)
+        ctx.args = (size, alpha, beta, groups, relu)
         return y
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
         x, s = ctx.saved_tensors
-        return _lrn_backward_compiled(g, x, s, *ctx.args), *[None] * 5
+        return _lrn_backward_compiled(g, x, s, *ctx.args), *[None] * 6
 
 
 LRN_MODES = ("eager", "compiled")
@@ -180,10 +221,14 @@ class LocalResponseNorm(nn.Module):
     eager: the window mean as a 1-D pool on channels-last memory, backward written out.
     compiled: forward and backward each one torch.compile'd pass (Inductor: C++ on the CPU, Triton
     on GPUs), the window as shifted slices, beta=0.75 as two square roots, s kept for the
-    backward. Forward + backward on 64x96x55x55 channels-last, 2-core CPU: fp32 85 ms (eager 380,
-    the same math compiled as one autograd graph with an average pool and `pow` 189, a ReLU, the
-    floor, 44); bf16 134 ms (eager 294, the autograd-graph version 163). On 64x256x27x27: fp32 61
-    (242, 120), bf16 28 (116, 62)."""
+    backward (bf16 on a CPU: window sums as a band matrix product, see _banded). Forward +
+    backward on 64x96x55x55 channels-last, 2-core CPU: fp32 85 ms (eager 380, the same math
+    compiled as one autograd graph with an average pool and `pow` 189, a ReLU, the floor, 44);
+    bf16 134 ms with slices (eager 294, the autograd-graph version 163). On 64x256x27x27: fp32 61
+    (242, 120), bf16 28 (116, 62). relu=True (how the net calls it) takes the ReLU before it into
+    the same passes, so its output is never written nor read back: ReLU and LRN forward +
+    backward, 64x96x55x55, fp32 97 ms against 141 as two; bf16 87 (the band) against 114 as two
+    and 171 as two with slices. 64x256x27x27: fp32 64 against 90; bf16 18 against 36 and 45."""
 
     def __init__(
         self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0, mode: str = "eager"
@@ -193,12 +238,15 @@ class LocalResponseNorm(nn.Module):
             raise ValueError(f"LRN mode must be one of {LRN_MODES}, got {mode!r}")
         self.size, self.alpha, self.beta, self.k, self.mode = size, alpha, beta, k, mode
 
-    def forward(self, x: torch.Tensor, groups: int = 1) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, groups: int = 1, relu: bool = False) -> torch.Tensor:
+        """LRN(x) within each of `groups` towers; with `relu`, LRN(relu(x)), the paper's order,
+        which the compiled mode does in the same pass."""
+        args = (self.size, self.alpha, self.beta, self.k, groups)
         if self.mode == "compiled":
             if torch.is_grad_enabled() and x.requires_grad:
-                return _CompiledLRN.apply(x, self.size, self.alpha, self.beta, self.k, groups)
-            return _lrn_forward_compiled(x, self.size, self.alpha, self.beta, self.k, groups)  # no s to keep
-        return _LRN.apply(x, self.size, self.alpha, self.beta, self.k, groups)
+                return _CompiledLRN.apply(x, *args, relu)
+            return _lrn_forward_compiled(x, *args, relu)  # no s to keep
+        return _LRN.apply(F.relu(x) if relu else x, *args)
 
 
 def tower_widths(width: float) -> tuple[int, ...]:
@@ -334,7 +382,7 @@ class AlexNet(nn.Module):
         """One tower's work between two crossings: C1-C2, C3-C5, F6, F7, F8. The towers cross
         between consecutive segments, into C3, F6, F7 and F8."""
         return [
-            lambda x: self.pool(self.lrn(F.relu(t.conv2(self.pool(self.lrn(F.relu(t.conv1(x)))))))),
+            lambda x: self.pool(self.lrn(t.conv2(self.pool(self.lrn(t.conv1(x), relu=True))), relu=True)),
             lambda x: self.pool(F.relu(t.conv5(F.relu(t.conv4(F.relu(t.conv3(x))))))).flatten(1),
             # Dropout on the outputs of F6 and F7 (the paper's placement, Caffe's drop6/drop7):
             # each tower drops its own neurons once, before the crossing: both towers see one mask.
@@ -355,10 +403,11 @@ class AlexNet(nn.Module):
     # Both towers on one device: the same function as grouped convolutions (Caffe's `group: 2`),
     # one kernel per layer instead of two. Channels are laid out [tower A | tower B] throughout.
     def _conv(self, name: str, x: torch.Tensor, groups: int) -> torch.Tensor:
+        """The layer's convolution, before its ReLU."""
         a, b = getattr(self.tower_a, name), getattr(self.tower_b, name)
         weight = torch.cat([a.weight, b.weight])
         bias = torch.cat([a.bias, b.bias])
-        return F.relu(F.conv2d(x, weight, bias, a.stride, a.padding, groups=groups))
+        return F.conv2d(x, weight, bias, a.stride, a.padding, groups=groups)
 
     def _fc(self, name: str, x: torch.Tensor) -> torch.Tensor:
         # Two matmuls on the shared input instead of concatenating 37M weights every step.
@@ -367,10 +416,11 @@ class AlexNet(nn.Module):
 
     def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.placement.tower_a)
-        x = self.pool(self.lrn(self._conv("conv1", x, groups=1), groups=2))
-        x = self.pool(self.lrn(self._conv("conv2", x, groups=2), groups=2))
-        x = self._conv("conv3", x, groups=1)  # reads both towers
-        x = self.pool(self._conv("conv5", self._conv("conv4", x, groups=2), groups=2))
+        # ReLU, then LRN within each tower (the paper's order), in one pass
+        x = self.pool(self.lrn(self._conv("conv1", x, groups=1), groups=2, relu=True))
+        x = self.pool(self.lrn(self._conv("conv2", x, groups=2), groups=2, relu=True))
+        x = F.relu(self._conv("conv3", x, groups=1))  # reads both towers
+        x = self.pool(F.relu(self._conv("conv5", F.relu(self._conv("conv4", x, groups=2)), groups=2)))
         x = self.dropout(F.relu(self._fc("fc6", x.flatten(1))))
         x = self.dropout(F.relu(self._fc("fc7", x)))
         return self._fc("fc8", x)

@@ -187,34 +187,41 @@ def test_odd_class_count_gives_tower_a_the_extra_output():
 
 @pytest.mark.parametrize("mode", ["eager", "compiled"])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_lrn_is_torchs_within_each_tower(channels_last, mode):
+@pytest.mark.parametrize("relu", [False, True])
+def test_lrn_is_torchs_within_each_tower(channels_last, mode, relu):
+    """LRN(x), or with relu=True LRN(relu(x)) in one pass: torch's LRN on each tower's channels."""
     from model.alexnet import LocalResponseNorm
 
     x = torch.randn(3, 96, 13, 11) * 30
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     torch_lrn = torch.nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)
+
+    def reference(t: torch.Tensor) -> torch.Tensor:
+        t = F.relu(t) if relu else t
+        return torch.cat([torch_lrn(t[:, :48]), torch_lrn(t[:, 48:])], 1)
+
     ours = LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0, mode=mode)
-    torch.testing.assert_close(ours(x), torch_lrn(x))
-    per_tower = torch.cat([torch_lrn(x[:, :48]), torch_lrn(x[:, 48:])], 1)
-    torch.testing.assert_close(ours(x, groups=2), per_tower)
+    torch.testing.assert_close(ours(x, relu=relu), torch_lrn(F.relu(x) if relu else x))
+    torch.testing.assert_close(ours(x, groups=2, relu=relu), reference(x))
     x.requires_grad_(True)
-    (ours(x, groups=2) ** 2).sum().backward()
+    (ours(x, groups=2, relu=relu) ** 2).sum().backward()
     grad = x.grad.clone()
     x.grad = None
-    torch.cat([torch_lrn(x[:, :48]), torch_lrn(x[:, 48:])], 1).pow(2).sum().backward()
+    reference(x).pow(2).sum().backward()
     torch.testing.assert_close(grad, x.grad)
+    assert not relu or (grad[x <= 0] == 0).all()
 
 
 @pytest.mark.parametrize("mode", ["eager", "compiled"])
-@pytest.mark.parametrize("beta", [0.75, 0.6])  # the paper's (two square roots) and any other (pow)
-def test_lrn_gradient_is_exact(mode, beta):
+@pytest.mark.parametrize(("beta", "relu"), [(0.75, False), (0.6, False), (0.75, True)])  # two square roots, pow
+def test_lrn_gradient_is_exact(mode, beta, relu):
     from model.alexnet import LocalResponseNorm
 
     x = (torch.randn(2, 12, 5, 4, dtype=torch.float64) * 20).contiguous(memory_format=torch.channels_last)
     lrn = LocalResponseNorm(5, alpha=1e-2, beta=beta, k=2.0, mode=mode)  # a large alpha: the window term matters
-    assert torch.autograd.gradcheck(lambda t: lrn(t, groups=2), (x.requires_grad_(True),))
-    assert torch.autograd.gradcheck(lambda t: lrn(t, groups=2), (x.detach().contiguous().requires_grad_(True),))
+    assert torch.autograd.gradcheck(lambda t: lrn(t, groups=2, relu=relu), (x.requires_grad_(True),))
+    assert torch.autograd.gradcheck(lambda t: lrn(t, 2, relu), (x.detach().contiguous().requires_grad_(True),))
 
 
 def test_paper_init_statistics():
@@ -352,19 +359,24 @@ def test_the_profiled_step_times_each_part_and_keeps_the_gradients():
     assert 0 <= figures["tower_imbalance"] < 1 and 0 < figures["crossing_share"] < 1
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_compiled_lrn_is_the_same_function(dtype):
-    """model.lrn=compiled (torch.compile's fused kernels) against the hand-written backward."""
-    from model.alexnet import LocalResponseNorm
+@pytest.mark.parametrize(("dtype", "banded"), [(torch.float32, False), (torch.bfloat16, False), (torch.bfloat16, True)])
+@pytest.mark.parametrize("relu", [False, True])
+def test_compiled_lrn_is_the_same_function(dtype, banded, relu, monkeypatch):
+    """model.lrn=compiled (torch.compile's fused kernels) against the hand-written backward; bf16
+    on the CPU with window sums as shifted slices and as the band matrix product (_banded)."""
+    import model.alexnet as alexnet
 
+    torch._dynamo.reset()  # the compiled functions were traced for the machine's own choice
+    monkeypatch.setattr(alexnet, "_CPU_BF16_MATMUL", banded)
     x = torch.randn(4, 16, 9, 9).to(dtype).contiguous(memory_format=torch.channels_last)
     grads, outs = [], []
     for mode in ("eager", "compiled"):
         leaf = x.detach().requires_grad_()
-        out = LocalResponseNorm(mode=mode)(leaf * 20, groups=2)  # large enough for the norm to bite
+        out = alexnet.LocalResponseNorm(mode=mode)(leaf * 20, groups=2, relu=relu)  # large: the norm bites
         out.float().square().sum().backward()
         outs.append(out.float())
         grads.append(leaf.grad.float())
+    torch._dynamo.reset()
     # bf16: Inductor computes inside its fused kernel in fp32, eager rounds after every op
     tol = 1e-5 if dtype == torch.float32 else 5e-2
     torch.testing.assert_close(outs[1], outs[0], rtol=tol, atol=tol * outs[0].abs().max().item())
