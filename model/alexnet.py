@@ -112,10 +112,11 @@ def _banded(rows: torch.Tensor) -> bool:
     """Window sums of bf16 rows on such a CPU run as a matrix product with a band of ones: one
     oneDNN GEMM (K = a tower's channels) instead of shifted slices, which Inductor's CPU code
     loads through masks at the row ends, element by element for bf16. Forward + backward with
-    the ReLU, 64x96x55x55 bf16: 82 ms against 160; 64x256x27x27: 20 against 56. fp32 stays on
-    the slices (55 ms against 64 forward), and GPUs too (Triton masks its loads for free). The
-    squares and the products summed are rounded to bf16 and s comes back in bf16 precision: one
-    bf16 rounding of the output (relative error 4e-3 against the fp32 arithmetic)."""
+    the ReLU, 64x96x55x55 bf16: 82 ms against 160 (63 keeping the bf16 sums for the backward
+    instead of an fp32 s); 64x256x27x27: 20 against 56. fp32 stays on the slices (55 ms against
+    64 forward), and GPUs too (Triton masks its loads for free). The squares and the products
+    summed are rounded to bf16 and the sums come back in bf16: one bf16 rounding of the output
+    (relative error 4e-3 against the fp32 arithmetic)."""
     return rows.dtype == torch.bfloat16 and rows.device.type == "cpu" and _CPU_BF16_MATMUL
 
 
@@ -126,37 +127,50 @@ def _band(width: int, size: int, like: torch.Tensor) -> torch.Tensor:
     return ((i[:, None] - i[None, :]).abs() <= size // 2).to(like.dtype)
 
 
-def _denominator(rows: torch.Tensor, size: int, alpha: float, k: float) -> torch.Tensor:
-    """s = k + alpha * mean of x^2 over the window, in at least fp32."""
+def _window_sums(rows: torch.Tensor, size: int) -> torch.Tensor:
+    """The sum of x^2 over each channel's window: bf16 from the band product (_banded), else at
+    least fp32 from shifted slices."""
     if _banded(rows):
-        sums = torch.mm(rows * rows, _band(rows.shape[1], size, rows)).float()
-    else:
-        rows = _wide(rows)
-        sums = _window_sum(rows * rows, size)
-    return sums * (alpha / size) + k
+        return torch.mm(rows * rows, _band(rows.shape[1], size, rows))
+    rows = _wide(rows)
+    return _window_sum(rows * rows, size)
 
 
-def _lrn_forward_keeping_s(
+def _denominator(sums: torch.Tensor, size: int, alpha: float, k: float) -> torch.Tensor:
+    """s = k + alpha * (mean of x^2 over the window), in at least fp32."""
+    return _wide(sums) * (alpha / size) + k
+
+
+def _lrn_forward_keeping_sums(
     x: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int, relu: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The LRN of x (of relu(x) with `relu`), and s (at least fp32) for the backward."""
+    """The LRN of x (of relu(x) with `relu`), and the window sums the backward rebuilds s from."""
     n, c, h, w = x.shape
     rows = _channel_rows(x, groups)
     if relu:
         rows = torch.relu(rows)
-    s = _denominator(rows, size, alpha, k)
-    return (_wide(rows) * _inverse_power(s, beta)).to(x.dtype).view(n, h, w, c).permute(0, 3, 1, 2), s
+    sums = _window_sums(rows, size)
+    s = _denominator(sums, size, alpha, k)
+    return (_wide(rows) * _inverse_power(s, beta)).to(x.dtype).view(n, h, w, c).permute(0, 3, 1, 2), sums
 
 
 def _lrn_forward(
     x: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int, relu: bool
 ) -> torch.Tensor:
-    """Without autograd: compiled, s is never written."""
-    return _lrn_forward_keeping_s(x, size, alpha, beta, k, groups, relu)[0]
+    """Without autograd: compiled, the sums are never written."""
+    return _lrn_forward_keeping_sums(x, size, alpha, beta, k, groups, relu)[0]
 
 
 def _lrn_backward(
-    g: torch.Tensor, x: torch.Tensor, s: torch.Tensor, size: int, alpha: float, beta: float, groups: int, relu: bool
+    g: torch.Tensor,
+    x: torch.Tensor,
+    sums: torch.Tensor,
+    size: int,
+    alpha: float,
+    beta: float,
+    k: float,
+    groups: int,
+    relu: bool,
 ) -> torch.Tensor:
     """dL/dr_i = g_i s_i^-beta - (2 alpha beta / size) r_i sum_{j in window(i)} g_j r_j s_j^(-beta-1)
     with r = x (r = relu(x) with `relu`, whose gradient then passes only where x > 0): the window
@@ -165,6 +179,7 @@ def _lrn_backward(
     rows, grad_rows = _wide(_channel_rows(x, groups)), _wide(_channel_rows(g, groups))
     if relu:
         rows = torch.relu(rows)
+    s = _denominator(sums, size, alpha, k)
     inverse = _inverse_power(s, beta)
     term = grad_rows * rows * inverse / s
     if _banded(x):
@@ -183,29 +198,30 @@ def _lrn_backward(
 # the function uncompiled (slower, and rounding differently): allow more.
 torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
 _lrn_forward_compiled = torch.compile(_lrn_forward, dynamic=False)
-_lrn_forward_keeping_s_compiled = torch.compile(_lrn_forward_keeping_s, dynamic=False)
+_lrn_forward_keeping_sums_compiled = torch.compile(_lrn_forward_keeping_sums, dynamic=False)
 _lrn_backward_compiled = torch.compile(_lrn_backward, dynamic=False)
 
 
 class _CompiledLRN(torch.autograd.Function):
     """The same function, forward and backward each one torch.compile'd kernel chain (Inductor:
-    C++ on the CPU, Triton on GPUs). The forward keeps s (fp32) for the backward, which then
-    needs one window sum instead of two: one more activation-sized fp32 tensor per LRN while
-    training (122 MB at batch 64 for both layers), for a backward 1.5-4x faster here."""
+    C++ on the CPU, Triton on GPUs). The forward keeps the window sums of squares (fp32; bf16 on
+    the banded path, whose product gives them in bf16) for the backward, which then needs one
+    window sum instead of two: one more activation-sized tensor per LRN while training (122 MB
+    at batch 64 for both layers in fp32), for a backward 1.5-4x faster here."""
 
     @staticmethod
     def forward(
         ctx, x: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int, relu: bool
     ) -> torch.Tensor:
-        y, s = _lrn_forward_keeping_s_compiled(x, size, alpha, beta, k, groups, relu)
-        ctx.save_for_backward(x, s)
-        ctx.args = (size, alpha, beta, groups, relu)
+        y, sums = _lrn_forward_keeping_sums_compiled(x, size, alpha, beta, k, groups, relu)
+        ctx.save_for_backward(x, sums)
+        ctx.args = (size, alpha, beta, k, groups, relu)
         return y
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
-        x, s = ctx.saved_tensors
-        return _lrn_backward_compiled(g, x, s, *ctx.args), *[None] * 6
+        x, sums = ctx.saved_tensors
+        return _lrn_backward_compiled(g, x, sums, *ctx.args), *[None] * 6
 
 
 LRN_MODES = ("eager", "compiled")
@@ -227,8 +243,8 @@ class LocalResponseNorm(nn.Module):
     bf16 134 ms with slices (eager 294, the autograd-graph version 163). On 64x256x27x27: fp32 61
     (242, 120), bf16 28 (116, 62). relu=True (how the net calls it) takes the ReLU before it into
     the same passes, so its output is never written nor read back: ReLU and LRN forward +
-    backward, 64x96x55x55, fp32 97 ms against 141 as two; bf16 87 (the band) against 114 as two
-    and 171 as two with slices. 64x256x27x27: fp32 64 against 90; bf16 18 against 36 and 45."""
+    backward, 64x96x55x55, fp32 97 ms against 141 as two; bf16 63 (the band, bf16 sums kept)
+    against 171 as two with slices. 64x256x27x27: fp32 64 against 90; bf16 16 against 45."""
 
     def __init__(
         self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0, mode: str = "eager"
