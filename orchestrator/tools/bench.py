@@ -76,9 +76,8 @@ def image_flops() -> dict[str, float]:
     }
 
 
-def train_step_rate(model: torch.nn.Module, device: str, dtype: torch.dtype | None, batch: int, repeats: int,
-                    sync: Callable[[], None]) -> float:  # fmt: skip
-    """Images/s of forward, backward and an SGD step, channels_last, optional bf16 autocast."""
+def train_step(model: torch.nn.Module, device: str, dtype: torch.dtype | None, batch: int) -> Callable[[], None]:
+    """Forward, backward and an SGD step, channels_last, optional bf16 autocast."""
     model = model.to(device).to(memory_format=torch.channels_last).train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
     x = torch.randn(batch, 3, 224, 224, device=device).contiguous(memory_format=torch.channels_last)
@@ -92,7 +91,33 @@ def train_step_rate(model: torch.nn.Module, device: str, dtype: torch.dtype | No
         loss.backward()
         opt.step()
 
-    return batch / timed(step, repeats, sync=sync)
+    return step
+
+
+def train_step_rate(model: torch.nn.Module, device: str, dtype: torch.dtype | None, batch: int, repeats: int,
+                    sync: Callable[[], None]) -> float:  # fmt: skip
+    """Images/s of `train_step`."""
+    return batch / timed(train_step(model, device, dtype, batch), repeats, sync=sync)
+
+
+def interleaved_rates(
+    steps: dict[str, Callable[[], None]], batch: int, repeats: int, sync: Callable[[], None], warmup: int = 2
+) -> dict[str, float]:
+    """Images/s of each step, timed in turns (A B C A B C ...) after all are warm: on a shared
+    machine whose speed drifts, a drift then weighs on every step alike (timed one after the
+    other, the last one measured ran up to 20% faster or slower than in the next run)."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    sync()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            sync()
+            times[name].append(time.perf_counter() - start)
+    return {name: batch / statistics.median(t) for name, t in times.items()}
 
 
 def matmul_flops_per_s(device: str, dtype: torch.dtype, sync: Callable[[], None], n: int = 2048) -> float:
@@ -101,7 +126,7 @@ def matmul_flops_per_s(device: str, dtype: torch.dtype, sync: Callable[[], None]
     return 2 * n**3 / timed(lambda: a @ b, 5, warmup=2, sync=sync)
 
 
-def bench_train_step(device: str = "cpu", batch: int = BATCH, repeats: int = 3) -> dict[str, float]:
+def bench_train_step(device: str = "cpu", batch: int = BATCH, repeats: int = 5) -> dict[str, float]:
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     torch.manual_seed(0)
     # as training runs it: model.lrn=compiled, the towers placed as model.placement=auto places them
@@ -115,9 +140,13 @@ def bench_train_step(device: str = "cpu", batch: int = BATCH, repeats: int = 3) 
         "torchvision_flops_per_image": flops["torchvision"],
     }
     for precision, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
-        out[f"train_{precision}_images_per_s"] = train_step_rate(ours, device, dtype, batch, repeats, sync)
-        out[f"train_{precision}_eager_lrn_images_per_s"] = train_step_rate(eager, device, dtype, batch, repeats, sync)
-        out[f"torchvision_{precision}_images_per_s"] = train_step_rate(theirs, device, dtype, batch, repeats, sync)
+        steps = {
+            f"train_{precision}": train_step(ours, device, dtype, batch),
+            f"train_{precision}_eager_lrn": train_step(eager, device, dtype, batch),
+            f"torchvision_{precision}": train_step(theirs, device, dtype, batch),
+        }
+        rates = interleaved_rates(steps, batch, repeats, sync)
+        out.update({f"{name}_images_per_s": rate for name, rate in rates.items()})
         out[f"matmul_{precision}_flops_per_s"] = matmul_flops_per_s(device, dtype or torch.float32, sync)
     return out
 
