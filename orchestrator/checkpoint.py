@@ -61,10 +61,13 @@ def load(folder_or_file: str) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+STAGING = os.path.join(tempfile.gettempdir(), "alexnet-staging")
+
+
 def staging_root(run_name: str) -> str:
     """Where this machine stages the run's checkpoints before upload: one known place per run,
     so whatever a dead process left there can be found and removed."""
-    return os.path.join(tempfile.gettempdir(), "alexnet-staging", run_name.replace(os.sep, "_"))
+    return os.path.join(STAGING, run_name.replace(os.sep, "_"))
 
 
 def stage(run_name: str) -> str:
@@ -72,8 +75,10 @@ def stage(run_name: str) -> str:
     process (`clear_stale` tells a dead one's leftovers by that); `discard` removes it after the
     upload, whether the upload succeeded or not."""
     root = staging_root(run_name)
-    os.makedirs(root, exist_ok=True)
-    return tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=root)
+    while True:
+        os.makedirs(root, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):  # another process removed it while empty
+            return tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=root)
 
 
 def _alive(pid: int) -> bool:
@@ -86,15 +91,17 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def clear_stale(run_name: str) -> None:
-    """Remove the staged checkpoints of this run's dead processes on this machine (a worker
-    killed mid-upload, a restarted job): each is a whole checkpoint (244 MB for the paper net)."""
-    root = staging_root(run_name)
-    for name in os.listdir(root) if os.path.isdir(root) else []:
-        pid = name.split("-", 1)[0]
-        if not (pid.isdigit() and _alive(int(pid))):
-            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
-    _remove_if_empty(root)
+def clear_stale() -> None:
+    """Remove the staged checkpoints of dead processes on this machine (a worker killed
+    mid-upload, a restarted job), each a whole checkpoint (244 MB for the paper net), of every
+    run: a sweep trial stopped by its scheduler never starts again to clear its own."""
+    for run in os.listdir(STAGING) if os.path.isdir(STAGING) else []:
+        root = os.path.join(STAGING, run)
+        for name in os.listdir(root) if os.path.isdir(root) else []:
+            pid = name.split("-", 1)[0]
+            if not (pid.isdigit() and _alive(int(pid))):
+                shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+        _remove_if_empty(root)
 
 
 def discard(folder: str) -> None:

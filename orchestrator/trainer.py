@@ -68,7 +68,7 @@ class Trainer:
     def __init__(self, config: TrainConfig, cluster: Cluster) -> None:
         self.config, self.cluster = config, cluster
         setup_logging(cluster.rank)
-        checkpoint.clear_stale(config.run_name)  # what a killed process of this run left here
+        checkpoint.clear_stale()  # what killed processes left on this machine
         data = config.data
         self.manifest = load_manifest(data.url, data.storage_options)
         dev_a, dev_b, fused = tower_devices(cluster.devices, config.model.placement)

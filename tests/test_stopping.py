@@ -136,11 +136,12 @@ def test_staged_checkpoints_never_outlive_their_upload_or_their_process(tmp_path
     name = f"staging-{os.getpid()}"
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    root = checkpoint.staging_root(name)
+    root, other = checkpoint.staging_root(name), checkpoint.staging_root(f"{name}-stopped-trial")
     os.makedirs(os.path.join(root, f"{dead.pid}-left"))  # a killed worker's half-written copy
     os.makedirs(os.path.join(root, f"{os.getpid()}-mine"))  # a live process's: not touched
-    checkpoint.clear_stale(name)
-    assert os.listdir(root) == [f"{os.getpid()}-mine"]
+    os.makedirs(os.path.join(other, f"{dead.pid}-left"))  # another run's, which never restarts
+    checkpoint.clear_stale()
+    assert os.listdir(root) == [f"{os.getpid()}-mine"] and not os.path.exists(other)
     os.rmdir(os.path.join(root, f"{os.getpid()}-mine"))
 
     folder = RunFolder(str(tmp_path / "runs"), name)
