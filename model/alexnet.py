@@ -157,7 +157,7 @@ def _lrn_forward_keeping_sums(
 def _lrn_forward(
     x: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int, relu: bool
 ) -> torch.Tensor:
-    """Without autograd: compiled, the sums are never written."""
+    """Without autograd: nothing is kept for a backward."""
     return _lrn_forward_keeping_sums(x, size, alpha, beta, k, groups, relu)[0]
 
 
