@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15  # the slowest tests: CI has a budget of ~20 minutes
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
