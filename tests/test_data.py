@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from orchestrator.data import (
+    PREFETCH,
     Augment,
     DeviceTransform,
     EvalCrop,
@@ -171,7 +172,7 @@ def test_loader_processes_hand_over_the_pixels_of_one_process_and_batches_stay_i
         with mock.patch("orchestrator.data.get_worker_info", return_value=SimpleNamespace(id=worker, num_workers=2)):
             one.update({index: (x, y) for index, x, y, _ in stream(manifest, tiny_shards)})
     one = [one[i] for i in sorted(one)]
-    assert len(one) > 2 * (4 + 1)  # more batches per process than its slots: slots are refilled
+    assert len(one) > 2 * (PREFETCH + 1)  # more batches per process than its slots: slots are refilled
     for _ in range(2):
         kept = [(x, y) for x, y, _ in stream(manifest, tiny_shards).batches(2, False)]
         assert len(kept) == len(one)
