@@ -138,7 +138,8 @@ def trial(params: dict[str, Any], jobs: dict[int, TrainConfig]) -> None:
     config = jobs[params["job"]]
     folder = run_folder(config)
     if folder.stop_requested():
-        folder.event("stopped", step=0, epoch=0, batch=0)
+        done = RunRecord.read(folder.url, folder.options).epochs_done()  # a paused run has some
+        folder.event("stopped", step=0, epoch=done, batch=0)
         folder.drain()
         return
     try:

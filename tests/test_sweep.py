@@ -231,3 +231,24 @@ def test_halving_rungs_and_who_goes_on():
     # the best half (rounded up), ties to the earlier job, a failed run (NaN) never
     assert tuning.survivors({0: 0.5, 1: 0.9, 2: math.nan, 3: 0.9, 4: 0.1}, 2) == [1, 3, 0]
     assert tuning.survivors({0: 0.2, 1: 0.7}, 3) == [1]
+
+
+def test_a_queued_run_that_never_starts_after_ctrl_c_is_stopped_where_it_paused(tiny_shards, tmp_path):
+    """A sha survivor still queued for the next rung when the sweep is stopped never starts: its
+    record says stopped at the epoch it paused after, not at epoch 0."""
+    from conftest import compose, tiny_run_overrides
+
+    from orchestrator import tuning
+    from orchestrator.job import prepare
+    from orchestrator.runs import RunFolder, RunRecord
+
+    runs = str(tmp_path / "runs")
+    config = prepare(compose(*tiny_run_overrides(tiny_shards, runs, run_name="queued", **{"logger.mode": "disabled"})))
+    folder = RunFolder(config.storage.url, config.run_name)
+    for epoch in (1, 2):
+        folder.write({"step": epoch, "epoch": epoch, "val/top1": 0.5})
+    folder.event("paused", epoch=2)
+    folder.request_stop("SIGINT")
+    tuning.trial({"job": 0}, {0: config})
+    record = RunRecord.read(folder.url)
+    assert record.status == "stopped" and record.events("stopped")[-1]["epoch"] == 2
