@@ -233,7 +233,7 @@ def test_halving_rungs_and_who_goes_on():
     assert tuning.survivors({0: 0.2, 1: 0.7}, 3) == [1]
 
 
-def test_a_queued_run_that_never_starts_after_ctrl_c_is_stopped_where_it_paused(tiny_shards, tmp_path):
+def test_a_queued_run_that_never_starts_after_ctrl_c_is_stopped_where_it_paused(tiny_shards, tmp_path, monkeypatch):
     """A sha survivor still queued for the next rung when the sweep is stopped never starts: its
     record says stopped at the epoch it paused after, not at epoch 0."""
     from conftest import compose, tiny_run_overrides
@@ -249,6 +249,7 @@ def test_a_queued_run_that_never_starts_after_ctrl_c_is_stopped_where_it_paused(
         folder.write({"step": epoch, "epoch": epoch, "val/top1": 0.5})
     folder.event("paused", epoch=2)
     folder.request_stop("SIGINT")
+    monkeypatch.setattr(tuning, "_in_trial", False)  # trial() marks its process as a Tune trial's
     tuning.trial({"job": 0}, {0: config})
     record = RunRecord.read(folder.url)
     assert record.status == "stopped" and record.events("stopped")[-1]["epoch"] == 2
