@@ -21,14 +21,18 @@ from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 import webdataset as wds
-from webdataset.tariterators import tar_file_expander
+from webdataset.tariterators import meta_prefix, meta_suffix, tar_file_expander
 
 BLOCK = 512
 _REGULAR = (b"0", b"\0")
 _DIRECTORY = b"5"
 _POSIX, _GNU = b"ustar\x00", b"ustar "
-# webdataset skips these names (its tar_file_iterator's skip_meta and "__" prefix/suffix).
+# The names webdataset's tar_file_iterator skips (its default skip_meta, and its meta prefix/suffix).
 _META = re.compile(r"__[^/]*__($|/)")
+
+
+def _meta(name: str) -> bool:
+    return bool(_META.match(name)) or ("/" not in name and name.startswith(meta_prefix) and name.endswith(meta_suffix))
 
 
 def tar_members(url: str, stream: BinaryIO) -> Iterator[dict[str, Any]]:
@@ -55,7 +59,7 @@ def tar_members(url: str, stream: BinaryIO) -> Iterator[dict[str, Any]]:
         if len(chunk) < size:
             return  # truncated inside this file
         name = _name(header)
-        if not (_META.match(name) or ("/" not in name and name.startswith("__") and name.endswith("__"))):
+        if not _meta(name):
             yield {"fname": name, "data": chunk[:size], "__url__": url}
         header = chunk[padded:]
 
