@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from model.profile import profile_split_step
 from model.profile import summarize as summarize_profile
 from model.summary import train_flops_per_image
-from orchestrator import checkpoint, gradients
+from orchestrator import checkpoint, gradients, host_memory
 from orchestrator.cluster import Cluster
 from orchestrator.config import TrainConfig, public_config
 from orchestrator.data import (
@@ -69,6 +69,8 @@ class Trainer:
         self.config, self.cluster = config, cluster
         setup_logging(cluster.rank)
         checkpoint.clear_stale()  # what killed processes left on this machine
+        if config.perf.reuse_host_memory:
+            host_memory.keep_freed_blocks()
         data = config.data
         self.manifest = load_manifest(data.url, data.storage_options)
         dev_a, dev_b, fused = tower_devices(cluster.devices, config.model.placement)
@@ -313,6 +315,8 @@ class Trainer:
             self.model, batches, self.transform, lambda: autocast(self.device, c.precision), self.cluster.all_reduce
         )
         self.val_seconds = time.perf_counter() - start
+        if c.perf.reuse_host_memory:
+            host_memory.release()  # what its larger batches (ten-crop's) left free
         return metrics
 
     def end_epoch(self, epoch: int, metrics: dict[str, float]) -> None:

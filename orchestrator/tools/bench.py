@@ -37,6 +37,7 @@ from torchvision.transforms import v2
 
 from model import AlexNet
 from model.summary import train_flops_per_image
+from orchestrator import host_memory
 from orchestrator.config import COMM_HOOKS, REPO_ROOT
 from orchestrator.devices import tower_devices
 from orchestrator.tools import gradient_traffic
@@ -139,7 +140,15 @@ def bench_train_step(device: str = "cpu", batch: int = BATCH, repeats: int = 5) 
         "train_flops_per_image": flops["ours"],
         "torchvision_flops_per_image": flops["torchvision"],
     }
-    for precision, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
+    precisions = (("fp32", None), ("bf16", torch.bfloat16))
+    # First with glibc's default allocator, which unmaps large blocks on free (so each step
+    # faults them in afresh): once glibc keeps them it cannot go back, so this is timed before,
+    # not in turns with the rest.
+    fresh = {f"train_{p}_fresh_pages": train_step(ours, device, dtype, batch) for p, dtype in precisions}
+    out.update({f"{name}_images_per_s": rate for name, rate in interleaved_rates(fresh, batch, repeats, sync).items()})
+    # as training runs (perf.reuse_host_memory): freed large blocks serve the next step
+    host_memory.keep_freed_blocks()
+    for precision, dtype in precisions:
         steps = {
             f"train_{precision}": train_step(ours, device, dtype, batch),
             f"train_{precision}_eager_lrn": train_step(eager, device, dtype, batch),
@@ -374,6 +383,9 @@ def ratios(r: dict[str, float]) -> dict[str, float]:
         "train_bf16_gemm_fraction": r["train_bf16_images_per_s"]
         * r["train_flops_per_image"]
         / r["matmul_bf16_flops_per_s"],
+        # perf.reuse_host_memory: the same step, its large blocks kept vs glibc's default
+        "train_fp32_reused_vs_fresh_pages": r["train_fp32_images_per_s"] / r["train_fp32_fresh_pages_images_per_s"],
+        "train_bf16_reused_vs_fresh_pages": r["train_bf16_images_per_s"] / r["train_bf16_fresh_pages_images_per_s"],
         "loader_vs_imagefolder": r["loader_images_per_s"] / r["imagefolder_images_per_s"],
         "loader_vs_bare_decode": r["loader_images_per_s"] / r["bare_decode_images_per_s"],
         "ray_vs_plain": r["ray_1_images_per_s"] / r["plain_images_per_s"],
