@@ -13,6 +13,11 @@ import torch
 
 from shards.manifest import sha256_of
 
+try:
+    from torch.utils.serialization import config as serialization_config
+except ImportError:  # torch < 2.7: torch.save always writes the CRC32s
+    serialization_config = None
+
 STATE_FILE = "state.pt"
 CHECKSUM_FILE = "state.sha256"  # written with state.pt; a copy that does not match is damaged
 
@@ -27,10 +32,20 @@ def _to_cpu(obj: Any) -> Any:
     return obj
 
 
+def _without_zip_crc() -> contextlib.AbstractContextManager:
+    """torch.save without the zip format's CRC32 per record: torch.load does not check them and
+    the sha256 written beside the file is what `intact` checks. The paper net's 488 MB are saved
+    in 0.31 s instead of 0.40 here, time the ranks wait at each checkpoint."""
+    if serialization_config is None:
+        return contextlib.nullcontext()
+    return serialization_config.patch({"save.compute_crc32": False})
+
+
 def save(folder: str, **state: Any) -> str:
     """Model (placement-independent keys), optimizer, schedule, position and config."""
     path = os.path.join(folder, STATE_FILE)
-    torch.save(_to_cpu(state), path)
+    with _without_zip_crc():
+        torch.save(_to_cpu(state), path)
     with open(path, "rb") as f:
         digest = sha256_of(f)
     with open(os.path.join(folder, CHECKSUM_FILE), "w") as f:
