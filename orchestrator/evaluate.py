@@ -12,7 +12,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from orchestrator import checkpoint, storage
+from orchestrator import checkpoint, host_memory, storage
 from orchestrator.cluster import local_devices
 from orchestrator.config import ConfigError, ModelConfig, absolute, register
 from orchestrator.data import DeviceTransform, EvalStream, load_manifest, loader
@@ -43,6 +43,8 @@ def fetch_checkpoint(url: str, options: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(cfg: DictConfig) -> dict[str, dict[str, float]]:
+    # every batch allocates the same activations: served from the pages the last one freed
+    host_memory.keep_freed_blocks()
     state = fetch_checkpoint(cfg.checkpoint, OmegaConf.to_container(cfg.storage_options))
     data_options = OmegaConf.to_container(cfg.data.storage_options)
     data_url = absolute(cfg.data.url)

@@ -14,7 +14,6 @@ import argparse
 import contextlib
 import io
 import json
-import logging
 import os
 import platform
 import shutil
