@@ -449,9 +449,26 @@ def traffic_figures(found: dict[int, dict[str, Any]]) -> dict[str, float]:
     return out
 
 
+def cpu_info() -> dict[str, Any]:
+    """The CPU's model name and its bf16 units (/proc/cpuinfo on Linux): the figures differ
+    more between two machines of one kind (a Xeon with AMX, an EPYC with AVX512-BF16 only) than
+    between runs."""
+    info: dict[str, Any] = {"cpu": platform.processor() or platform.machine(), "cpu_bf16_units": []}
+    try:
+        with open("/proc/cpuinfo") as f:
+            fields = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line)
+    except OSError:
+        return info
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = fields.get("flags", "").split()
+    info["cpu"] = fields.get("model name", info["cpu"])
+    info["cpu_bf16_units"] = [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
+    return info
+
+
 def machine() -> dict[str, Any]:
     return {
-        "cpu": platform.processor() or platform.machine(),
+        **cpu_info(),
         "cores": os.cpu_count(),
         "torch": torch.__version__,
         "python": platform.python_version(),
