@@ -136,6 +136,14 @@ def matmul_flops_per_s(device: str, dtype: torch.dtype, sync: Callable[[], None]
     return 2 * n**3 / timed(lambda: a @ b, 5, warmup=2, sync=sync)
 
 
+class ReluInsteadOfLRN(torch.nn.Module):
+    """The paper net's LRN taken out (its ReLU kept): what the other layers cost, the ceiling of
+    the per-FLOP ratio while the net keeps the paper's LRN."""
+
+    def forward(self, x: torch.Tensor, groups: int = 1, relu: bool = False) -> torch.Tensor:
+        return F.relu(x) if relu else x
+
+
 def bench_train_step(device: str = "cpu", batch: int = BATCH, repeats: int = 5) -> dict[str, float]:
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     torch.manual_seed(0)
@@ -143,6 +151,8 @@ def bench_train_step(device: str = "cpu", batch: int = BATCH, repeats: int = 5) 
     placement = tower_devices([torch.device(device)], "auto")
     ours = AlexNet(lrn="compiled").place(*placement)
     eager = AlexNet(lrn="eager").place(*placement)
+    no_lrn = AlexNet().place(*placement)
+    no_lrn.lrn = ReluInsteadOfLRN()
     theirs = torchvision.models.alexnet()
     flops = image_flops()
     out: dict[str, float] = {
@@ -161,6 +171,7 @@ def bench_train_step(device: str = "cpu", batch: int = BATCH, repeats: int = 5) 
         steps = {
             f"train_{precision}": train_step(ours, device, dtype, batch),
             f"train_{precision}_eager_lrn": train_step(eager, device, dtype, batch),
+            f"train_{precision}_no_lrn": train_step(no_lrn, device, dtype, batch),
             f"torchvision_{precision}": train_step(theirs, device, dtype, batch),
         }
         rates = interleaved_rates(steps, batch, repeats, sync)
@@ -405,6 +416,9 @@ def ratios(r: dict[str, float]) -> dict[str, float]:
         "train_bf16_per_flop_vs_torchvision": r["train_bf16_images_per_s"]
         * r["train_flops_per_image"]
         / (r["torchvision_bf16_images_per_s"] * r["torchvision_flops_per_image"]),
+        # the same without the LRN (its ReLU kept): the ceiling of the two ratios above
+        "train_fp32_no_lrn_vs_torchvision": r["train_fp32_no_lrn_images_per_s"] / r["torchvision_fp32_images_per_s"],
+        "train_bf16_no_lrn_vs_torchvision": r["train_bf16_no_lrn_images_per_s"] / r["torchvision_bf16_images_per_s"],
         "train_fp32_gemm_fraction": r["train_fp32_images_per_s"]
         * r["train_flops_per_image"]
         / r["matmul_fp32_flops_per_s"],
