@@ -5,10 +5,10 @@ glibc's malloc serves every allocation over its mmap threshold (at most 32 MB) w
 mapping and unmaps it on free. A training step allocates the same large tensors every time (a
 weight's gradient: F6's is 151 MB in fp32; its bf16 copy under autocast; a batch's
 activations), so on the CPU each step faulted them all in anew. Kept instead, a paper-net train
-step at batch 64 ran 1.21x faster in fp32 and 1.26x in bf16 (make bench's
-train_*_reused_vs_fresh_pages; 2-core EPYC: 65.7 -> 79.6 and 116 -> 147 images/s). PyTorch's
-CUDA allocator caches device memory the same way; its CPU allocator is plain malloc. The cost:
-the process keeps its peak (+5% while training here), until `release()` hands back what a
+step at batch 64 ran 1.16-1.23x faster in fp32 and 1.23-1.32x in bf16 (make bench's
+train_*_reused_vs_fresh_pages, three runs on a 2-core EPYC). PyTorch's CUDA allocator caches
+device memory the same way; its CPU allocator is plain malloc. The cost: the process keeps its
+peak (5-7% more resident memory while training here), until `release()` hands back what a
 larger phase (validation's ten-crop batches) left free.
 """
 
