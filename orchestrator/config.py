@@ -92,7 +92,7 @@ class ModelConfig:
     dropout: float = 0.5
     init: str = "paper"  # paper | kaiming
     placement: str = "auto"  # auto | split | single
-    # compiled: ReLU + LRN as two torch.compile'd passes (1.45x fp32, 1.62x bf16 a CPU train step, make bench);
+    # compiled: ReLU + LRN as two torch.compile'd passes (a CPU train step 1.25-1.45x fp32, 1.6x bf16, make bench);
     # eager: the hand-written backward, no compile at start
     lrn: str = "compiled"
 
