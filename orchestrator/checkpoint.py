@@ -15,7 +15,7 @@ from shards.manifest import sha256_of
 
 try:
     from torch.utils.serialization import config as serialization_config
-except ImportError:  # torch < 2.7: torch.save always writes the CRC32s
+except ImportError:  # an older torch, whose torch.save always writes the CRC32s
     serialization_config = None
 
 STATE_FILE = "state.pt"
