@@ -24,6 +24,13 @@ M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
 _NEVER_TRIM = 2**31 - 1  # bytes free at the top of the heap before free() trims it: never
 
+# The same for a process about to start, read by glibc as it starts (Ray's training workers).
+# It also covers threads, which mallopt in a running process does not: Ray Train runs the
+# training loop in a thread of its worker, glibc gives each thread an arena of its own, and an
+# arena's blocks over 64 MB are mapped afresh whatever mallopt says (a paper-net fp32 step in a
+# thread still faulted in 300 MB each time). One arena, the main one, keeps those too.
+ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(_NEVER_TRIM)}
+
 
 def _libc() -> ctypes.CDLL | None:
     try:
@@ -36,8 +43,9 @@ def _libc() -> ctypes.CDLL | None:
 
 def keep_freed_blocks() -> bool:
     """From now on this process (and what it forks) serves large allocations from its heap and
-    never trims it: a freed gradient's pages serve the next step's. False where the C library
-    is not glibc (nothing changes there)."""
+    never trims it: a freed gradient's pages serve the next step's. Blocks over 64 MB allocated
+    by a thread other than the main one need ENV at the process's start. False where the C
+    library is not glibc (nothing changes there)."""
     libc = _libc()
     if libc is None:
         return False

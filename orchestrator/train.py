@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from orchestrator import storage, tuning
+from orchestrator import host_memory, storage, tuning
 from orchestrator.config import (
     REPO_ROOT,
     ConfigError,
@@ -151,6 +151,15 @@ def wait_for_workers(per_worker: dict[str, float], workers: int, timeout_s: floa
         time.sleep(min(2.0, timeout_s))
 
 
+def worker_env(config: TrainConfig) -> dict[str, str]:
+    """Environment variables of the training workers' processes."""
+    # Train's print patch tees print() into its logger: every line would show twice.
+    env = {"RAY_CHDIR_TO_TRIAL_DIR": "0", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
+    if config.perf.reuse_host_memory:  # the training loop runs in a thread there: see host_memory.ENV
+        env |= host_memory.ENV
+    return env
+
+
 def launch(config: TrainConfig) -> ray.train.Result:
     scaling_config, torch_config = scaling(config)
     storage_path, storage_fs = storage.ray_storage(config.storage.url, config.storage.options)
@@ -172,8 +181,7 @@ def launch(config: TrainConfig) -> ray.train.Result:
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.checkpoint.keep),
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),  # our own lines say enough
             callbacks=[tuning.epoch_reports()] if tuning.in_trial() else [],  # a sweep's trial: epochs to Tune
-            # Train's print patch tees print() into its logger: every line would show twice.
-            worker_runtime_env={"env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
+            worker_runtime_env={"env_vars": worker_env(config)},
         ),
     )
     return off_the_main_thread(trainer.fit)
