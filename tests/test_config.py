@@ -179,6 +179,7 @@ def test_warm_up_rises_linearly_to_the_lr_then_hands_over():
         lrs = []
         for _ in range(6):
             lrs.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()  # as training does, before the schedule moves on
             schedule.after_step()
         assert lrs[:4] == pytest.approx([0.01, 0.02, 0.03, 0.04]), name
         assert lrs[4] == pytest.approx(0.04, rel=0.05), name  # cosine has just begun to decay
