@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -319,8 +320,6 @@ def plain_loop(shards: str, epochs: int) -> float:
 
 
 def _wait_for_port(port: int, timeout_s: float = 60) -> None:
-    import socket
-
     deadline = time.monotonic() + timeout_s
     while True:
         with socket.socket() as s:
@@ -334,8 +333,6 @@ def _wait_for_port(port: int, timeout_s: float = 60) -> None:
 def bench_checkpoint() -> dict[str, float]:
     """Save + upload of the paper model's checkpoint (model + SGD momentum) to an S3 server on
     127.0.0.1 vs a raw fsspec put of the same bytes."""
-    import socket
-
     import s3fs
 
     from orchestrator import checkpoint, storage
