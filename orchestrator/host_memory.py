@@ -15,6 +15,7 @@ larger phase (validation's ten-crop batches) left free.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ _NEVER_TRIM = 2**31 - 1  # bytes free at the top of the heap before free() trims
 ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(_NEVER_TRIM)}
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL | None:
     try:
         libc = ctypes.CDLL(None)

@@ -76,3 +76,11 @@ def test_freed_blocks_are_reused_until_released():
 def test_a_training_thread_reuses_freed_blocks_in_a_worker_started_with_its_environment():
     (kept,) = faults(IN_A_THREAD, env=os.environ | host_memory.ENV)
     assert kept < PAGES // 20
+
+
+def test_ray_training_workers_start_with_that_environment_unless_turned_off():
+    from orchestrator.config import PerfConfig, TrainConfig
+    from orchestrator.train import worker_env
+
+    assert worker_env(TrainConfig()).items() >= host_memory.ENV.items()
+    assert not worker_env(TrainConfig(perf=PerfConfig(reuse_host_memory=False))).keys() & host_memory.ENV.keys()

@@ -346,11 +346,11 @@ def bench_checkpoint() -> dict[str, float]:
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    _wait_for_port(port)
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
     options = {"client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}"}}
     try:
+        _wait_for_port(port)
         fs = s3fs.S3FileSystem(**options, skip_instance_cache=True)
         fs.mkdir("bench")
         model = AlexNet()
@@ -467,10 +467,10 @@ def cpu_info() -> dict[str, Any]:
     info: dict[str, Any] = {"cpu": platform.processor() or platform.machine(), "cpu_bf16_units": []}
     try:
         with open("/proc/cpuinfo") as f:
-            fields = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line)
+            first_cpu = f.read().split("\n\n")[0]
     except OSError:
         return info
-    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    fields = {key.strip(): value.strip() for key, _, value in (line.partition(":") for line in first_cpu.splitlines())}
     flags = fields.get("flags", "").split()
     info["cpu"] = fields.get("model name", info["cpu"])
     info["cpu_bf16_units"] = [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
