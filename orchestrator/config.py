@@ -392,17 +392,12 @@ def public_config(config: TrainConfig | dict[str, Any]) -> dict[str, Any]:
 
 
 def register() -> None:
-    """The schema as `train_schema` for conf/train.yaml, ${repo:path} for paths in this repo, and
-    the sweep launcher (`hydra/launcher: ray_tune`). Hydra finds plugins by listing the
-    `hydra_plugins` folders on sys.path, which misses an editable install's (and this repo's when
-    run from elsewhere), so the launcher is registered here, by import."""
-    from hydra.core.plugins import Plugins
-
-    from hydra_plugins.alexnet_orchestrator.ray_tune_launcher import RayTuneLauncher  # stores its config
-
+    """The schema as `train_schema` for conf/train.yaml and ${repo:path} for paths in this repo.
+    The sweep launcher (`hydra/launcher: ray_tune`) is registered by `python -m orchestrator.train`,
+    the one verb that sweeps: Hydra finds plugins by listing the `hydra_plugins` folders on
+    sys.path, which misses an editable install's (and this repo's when run from elsewhere)."""
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
     OmegaConf.register_new_resolver("repo", lambda path: os.path.join(REPO_ROOT, path), replace=True)
-    Plugins.instance().register(RayTuneLauncher)
 
 
 def unknown_keys(cfg: DictConfig, schema: type = TrainConfig, prefix: str = "") -> list[str]:

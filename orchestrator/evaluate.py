@@ -12,13 +12,16 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from orchestrator import checkpoint, host_memory, storage
-from orchestrator.cluster import local_devices
+from orchestrator import storage
 from orchestrator.config import ConfigError, ModelConfig, absolute, register
-from orchestrator.data import DeviceTransform, EvalStream, load_manifest, loader
-from orchestrator.evaluation import evaluate
+from orchestrator.data.device_transform import DeviceTransform
+from orchestrator.data.shard_reader import load_manifest
+from orchestrator.data.streams import EvalStream, loader
 from orchestrator.logs import setup as setup_logging
-from orchestrator.network import autocast, build_model
+from orchestrator.worker import checkpoint, host_memory
+from orchestrator.worker.evaluation import evaluate
+from orchestrator.worker.network import autocast, build_model
+from orchestrator.worker.torch_cluster import local_devices
 
 register()
 log = logging.getLogger("orchestrator.evaluate")

@@ -7,7 +7,7 @@ import json
 import yaml
 from PIL import Image
 
-from orchestrator.compare import main
+from orchestrator.runs.compare import main
 
 
 def make_run(

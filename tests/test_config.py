@@ -12,7 +12,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
 from orchestrator.config import ConfigError
-from orchestrator.train import prepare
+from orchestrator.launch.prepare import prepare
 
 
 def test_default_is_the_demo_preset(tiny_shards):
@@ -79,7 +79,7 @@ def test_unknown_keys_and_wrong_types_fail_at_composition():
     ],
 )
 def test_unknown_keys_wrong_types_and_options_are_one_sentence(argv, words):
-    from orchestrator.train import override_problem
+    from orchestrator.launch.overrides import override_problem
 
     problem = override_problem(argv)
     assert problem is not None and "\n" not in problem
@@ -139,7 +139,7 @@ def test_evaluate_names_a_missing_checkpoint(tmp_path, tiny_shards):
 
 @pytest.mark.parametrize("override", ["+no_such_key=1", "+model.no_such_key=1", "optim.no_such_key=1"])
 def test_unknown_keys_are_refused_with_or_without_plus(tiny_shards, override):
-    from orchestrator.train import override_problem
+    from orchestrator.launch.overrides import override_problem
 
     key = override.lstrip("+").split("=")[0]
     problem = override_problem([f"data.url={tiny_shards}", override])
@@ -171,7 +171,7 @@ def test_warm_up_rises_linearly_to_the_lr_then_hands_over():
     import torch
 
     from orchestrator.config import ScheduleConfig
-    from orchestrator.schedule import Schedule
+    from orchestrator.worker.schedule import Schedule
 
     for name in ("plateau", "step", "cosine"):
         optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.04)
@@ -186,7 +186,7 @@ def test_warm_up_rises_linearly_to_the_lr_then_hands_over():
 
 
 def test_a_worker_must_fit_on_one_node():
-    from orchestrator.train import workers_that_fit
+    from orchestrator.launch.resources import workers_that_fit
 
     one_gpu_nodes = [{"Alive": True, "Resources": {"CPU": 8.0, "GPU": 1.0}} for _ in range(8)]
     assert workers_that_fit(one_gpu_nodes, {"CPU": 1, "GPU": 2}) == 0  # 8 GPUs in all, yet no 2-GPU worker

@@ -12,27 +12,18 @@ from unittest import mock
 import pytest
 import torch
 
-from orchestrator.data import (
-    PREFETCH,
-    Augment,
-    DeviceTransform,
-    EvalCrop,
-    EvalStream,
-    Reading,
-    TrainStream,
-    deal,
-    decode_rgb,
-    steps_per_epoch,
-    worker_share,
-)
-from orchestrator.tar_members import tar_members
+from orchestrator.data.augment import Augment, EvalCrop, decode_rgb
+from orchestrator.data.device_transform import DeviceTransform
+from orchestrator.data.plan import Reading, deal, steps_per_epoch, worker_share
+from orchestrator.data.streams import PREFETCH, EvalStream, TrainStream
+from orchestrator.data.tar_members import tar_members
 from shards.manifest import ShardInfo, read_manifest
 
 
 def keys_of(stream: TrainStream, workers: int = 0) -> list[list[str]]:
     """The sample keys of every batch, by patching decode to return each sample's number in
     the shards as its label instead of decoding pixels."""
-    import orchestrator.data as data
+    import orchestrator.data.streams as data
 
     names = []
     for shard in stream.reading.shards:
@@ -169,7 +160,9 @@ def test_loader_processes_hand_over_the_pixels_of_one_process_and_batches_stay_i
     manifest = read_manifest(tiny_shards)
     one = {}  # each process's batches, made in this process without slots
     for worker in range(2):
-        with mock.patch("orchestrator.data.get_worker_info", return_value=SimpleNamespace(id=worker, num_workers=2)):
+        with mock.patch(
+            "orchestrator.data.streams.get_worker_info", return_value=SimpleNamespace(id=worker, num_workers=2)
+        ):
             one.update({index: (x, y) for index, x, y, _ in stream(manifest, tiny_shards)})
     one = [one[i] for i in sorted(one)]
     assert len(one) > 2 * (PREFETCH + 1)  # more batches per process than its slots: slots are refilled
@@ -275,7 +268,7 @@ def test_device_transform_normalises_with_the_manifest_statistics(tiny_shards):
 def test_a_rank_whose_shards_are_all_gone_fails_instead_of_hanging_ddp(tiny_shards, tmp_path):
     import shutil
 
-    from orchestrator.data import DataError
+    from orchestrator.data.bad_samples import DataError
 
     root = tmp_path / "shards"
     shutil.copytree(tiny_shards, root)

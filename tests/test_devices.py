@@ -1,6 +1,6 @@
 import torch
 
-from orchestrator.devices import tower_devices
+from orchestrator.worker.devices import tower_devices
 
 CPU, G0, G1 = torch.device("cpu"), torch.device("cuda:0"), torch.device("cuda:1")
 

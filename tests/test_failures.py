@@ -14,9 +14,12 @@ import psutil
 import pytest
 from conftest import compose, free_port, tiny_run_overrides
 
-from orchestrator import checkpoint
-from orchestrator.data import Reading, Skips, load_manifest, samples
-from orchestrator.train import TrainingFailed, run
+from orchestrator.data.bad_samples import Skips
+from orchestrator.data.plan import Reading
+from orchestrator.data.shard_reader import load_manifest, samples
+from orchestrator.launch.summary import TrainingFailed
+from orchestrator.train import run
+from orchestrator.worker import checkpoint
 
 
 def metrics(path) -> list[dict]:

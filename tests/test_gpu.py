@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from model import AlexNet
-from orchestrator import checkpoint
+from orchestrator.worker import checkpoint
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 

@@ -11,9 +11,9 @@ import torch
 import torch.multiprocessing as mp
 from conftest import compose, free_port, tiny_run_overrides
 
-from orchestrator import checkpoint
-from orchestrator.job import prepare
-from orchestrator.local import fit
+from orchestrator.launch.prepare import prepare
+from orchestrator.launch.torchrun import fit
+from orchestrator.worker import checkpoint
 
 
 def config(shards: str, runs: str, **extra):

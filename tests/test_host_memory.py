@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from orchestrator import host_memory
+from orchestrator.worker import host_memory
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
 
@@ -35,7 +35,7 @@ def faults_of_fresh_tensors():
 
 IN_THE_MAIN_THREAD = FAULTS + textwrap.dedent(
     """
-    from orchestrator import host_memory
+    from orchestrator.worker import host_memory
 
     default = faults_of_fresh_tensors()
     assert host_memory.keep_freed_blocks()
@@ -80,7 +80,7 @@ def test_a_training_thread_reuses_freed_blocks_in_a_worker_started_with_its_envi
 
 def test_ray_training_workers_start_with_that_environment_unless_turned_off():
     from orchestrator.config import PerfConfig, TrainConfig
-    from orchestrator.train import worker_env
+    from orchestrator.launch.ray_job import worker_env
 
     assert worker_env(TrainConfig()).items() >= host_memory.ENV.items()
     assert not worker_env(TrainConfig(perf=PerfConfig(reuse_host_memory=False))).keys() & host_memory.ENV.keys()

@@ -8,8 +8,9 @@ import pytest
 import yaml
 
 from orchestrator.config import ConfigError
-from orchestrator.kuberay import k8s_name, manifest
-from orchestrator.submit import compose_job, main
+from orchestrator.launch.remote.kuberay import k8s_name, manifest
+from orchestrator.launch.remote.ray_jobs import compose_job
+from orchestrator.submit import main
 
 DATA = "s3://bucket/imagenet-256"
 # The RayJob fields this project writes, their types and which are required, as KubeRay v1.7.0's

@@ -47,7 +47,7 @@ def test_more_gpus_than_the_cluster_has(tiny_shards, tmp_path):
     ],
 )
 def test_an_embedded_ray_fits_the_demo_to_the_machine(gpus, nodes, per, expected):
-    from orchestrator.train import fit_to_machine
+    from orchestrator.launch.resources import fit_to_machine
 
     workers, gpus_per_worker, decided = fit_to_machine(nodes, per, gpus)
     assert (workers, gpus_per_worker) == expected
@@ -57,8 +57,8 @@ def test_an_embedded_ray_fits_the_demo_to_the_machine(gpus, nodes, per, expected
 def test_one_gpu_machine_gets_one_worker_and_an_impossible_request_is_refused_at_once(tiny_shards, tmp_path):
     import ray
 
-    from orchestrator.job import prepare
-    from orchestrator.train import scaling
+    from orchestrator.launch.prepare import prepare
+    from orchestrator.launch.resources import scaling
 
     ray.init(num_cpus=2, num_gpus=1, include_dashboard=False)  # one (pretend) GPU
     try:

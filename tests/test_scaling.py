@@ -7,7 +7,7 @@ import json
 import pytest
 
 from model import AlexNet
-from orchestrator import scaling
+from orchestrator.tools import scaling
 from orchestrator.tools.gradient_traffic import traffic
 
 HOOKS = ["none", "bf16", "fp16", "powersgd"]

@@ -15,12 +15,13 @@ import pytest
 import torch
 from conftest import REPO, compose, free_port, tiny_run_overrides
 
-from orchestrator import checkpoint, stopping
-from orchestrator.cluster import TorchCluster
-from orchestrator.job import prepare
-from orchestrator.local import fit
-from orchestrator.runs import RunFolder
+from orchestrator.launch.prepare import prepare
+from orchestrator.launch.torchrun import fit
+from orchestrator.runs.folder import RunFolder
 from orchestrator.train import run
+from orchestrator.worker import checkpoint
+from orchestrator.worker import signals as stopping
+from orchestrator.worker.torch_cluster import TorchCluster
 
 
 def lines(run_dir: str) -> list[dict]:
@@ -130,7 +131,7 @@ def test_a_second_signal_stops_at_once_but_a_repeat_of_the_first_does_not(monkey
 
 
 def test_staged_checkpoints_never_outlive_their_upload_or_their_process(tmp_path, monkeypatch):
-    from orchestrator import cluster as cluster_module
+    from orchestrator.worker import torch_cluster as cluster_module
 
     monkeypatch.setenv("MASTER_PORT", str(free_port()))
     name = f"staging-{os.getpid()}"

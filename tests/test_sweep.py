@@ -16,8 +16,8 @@ from conftest import REPO
 from PIL import Image
 from wandb_records import artifacts, exit_code, offline_run, summary, tags
 
-from orchestrator import checkpoint
-from orchestrator.compare import main as compare
+from orchestrator.runs.compare import main as compare
+from orchestrator.worker import checkpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -198,14 +198,14 @@ def test_asha_rejudges_a_run_that_passed_a_rung_before_a_better_one_reached_it(t
     asks); Tune's ASHA alone lets it go on to be judged only at epoch 2 against whoever is there."""
     from types import SimpleNamespace
 
-    from orchestrator import tuning
     from orchestrator.config import SweepConfig
-    from orchestrator.runs import EARLY_STOP, RunFolder
+    from orchestrator.runs.folder import EARLY_STOP, RunFolder
+    from orchestrator.sweeps import schedulers
 
     runs = {job: SimpleNamespace(storage=SimpleNamespace(url=str(tmp_path), options={}), run_name=f"r{job}")
             for job in (0, 1)}  # fmt: skip
     sweep = SweepConfig(scheduler="asha", grace_period=1, reduction_factor=2, rejudge=rejudge)
-    scheduler = tuning.scheduler(sweep, 8, runs)
+    scheduler = schedulers.scheduler(sweep, 8, runs)
     a, b = (SimpleNamespace(trial_id=name, config={"job": job}) for name, job in (("a", 0), ("b", 1)))
     for trial in (a, b):
         scheduler.on_trial_add(None, trial)
@@ -222,15 +222,15 @@ def test_asha_rejudges_a_run_that_passed_a_rung_before_a_better_one_reached_it(t
 def test_halving_rungs_and_who_goes_on():
     import math
 
-    from orchestrator import tuning
+    from orchestrator.sweeps.schedulers import rungs, survivors
 
-    assert tuning.rungs(12, 1, 2) == [1, 2, 4, 8, 12]
-    assert tuning.rungs(3, 1, 3) == [1, 3]
-    assert tuning.rungs(1, 1, 2) == [1]
-    assert tuning.rungs(10, 3, 2) == [3, 6, 10]
+    assert rungs(12, 1, 2) == [1, 2, 4, 8, 12]
+    assert rungs(3, 1, 3) == [1, 3]
+    assert rungs(1, 1, 2) == [1]
+    assert rungs(10, 3, 2) == [3, 6, 10]
     # the best half (rounded up), ties to the earlier job, a failed run (NaN) never
-    assert tuning.survivors({0: 0.5, 1: 0.9, 2: math.nan, 3: 0.9, 4: 0.1}, 2) == [1, 3, 0]
-    assert tuning.survivors({0: 0.2, 1: 0.7}, 3) == [1]
+    assert survivors({0: 0.5, 1: 0.9, 2: math.nan, 3: 0.9, 4: 0.1}, 2) == [1, 3, 0]
+    assert survivors({0: 0.2, 1: 0.7}, 3) == [1]
 
 
 def test_a_queued_run_that_never_starts_after_ctrl_c_is_stopped_where_it_paused(tiny_shards, tmp_path, monkeypatch):
@@ -238,9 +238,10 @@ def test_a_queued_run_that_never_starts_after_ctrl_c_is_stopped_where_it_paused(
     record says stopped at the epoch it paused after, not at epoch 0."""
     from conftest import compose, tiny_run_overrides
 
-    from orchestrator import tuning
-    from orchestrator.job import prepare
-    from orchestrator.runs import RunFolder, RunRecord
+    from orchestrator.launch.prepare import prepare
+    from orchestrator.runs.folder import RunFolder
+    from orchestrator.runs.record import RunRecord
+    from orchestrator.sweeps import trials
 
     runs = str(tmp_path / "runs")
     config = prepare(compose(*tiny_run_overrides(tiny_shards, runs, run_name="queued", **{"logger.mode": "disabled"})))
@@ -249,7 +250,6 @@ def test_a_queued_run_that_never_starts_after_ctrl_c_is_stopped_where_it_paused(
         folder.write({"step": epoch, "epoch": epoch, "val/top1": 0.5})
     folder.event("paused", epoch=2)
     folder.request_stop("SIGINT")
-    monkeypatch.setattr(tuning, "_in_trial", False)  # trial() marks its process as a Tune trial's
-    tuning.trial({"job": 0}, {0: config})
+    trials.trial({"job": 0}, {0: config})
     record = RunRecord.read(folder.url)
     assert record.status == "stopped" and record.events("stopped")[-1]["epoch"] == 2

@@ -13,7 +13,7 @@ import pytest
 import webdataset as wds
 from webdataset.tariterators import tar_file_expander
 
-from orchestrator.tar_members import tar_members
+from orchestrator.data.tar_members import tar_members
 
 
 def webdataset_members(data: bytes) -> list[tuple[str, bytes]]:

@@ -13,10 +13,11 @@ import torch
 from conftest import compose, tiny_run_overrides
 from wandb_records import artifacts, exit_code, offline_run, summary, tags
 
-from orchestrator import checkpoint, storage
-from orchestrator.job import prepare
-from orchestrator.runs import RunFolder
-from orchestrator.tracking import Tracker
+from orchestrator import storage
+from orchestrator.launch.prepare import prepare
+from orchestrator.runs.folder import RunFolder
+from orchestrator.runs.tracking import Tracker
+from orchestrator.worker import checkpoint
 
 
 def tracker(shards: str, runs: str, wandb_dir: str, **options) -> Tracker:

@@ -13,10 +13,11 @@ import torch
 from conftest import compose, tiny_run_overrides
 from wandb_records import artifacts, offline_run
 
-from orchestrator import checkpoint
 from orchestrator.evaluate import run as evaluate_run
-from orchestrator.runs import RunRecord
-from orchestrator.train import prepare, run
+from orchestrator.launch.prepare import prepare
+from orchestrator.runs.record import RunRecord
+from orchestrator.train import run
+from orchestrator.worker import checkpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 

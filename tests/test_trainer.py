@@ -14,13 +14,13 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import compose, free_port, tiny_run_overrides
 
-from orchestrator import checkpoint
-from orchestrator.cluster import Cluster
 from orchestrator.config import TrainConfig
-from orchestrator.job import prepare
-from orchestrator.local import fit
-from orchestrator.meter import Meter
-from orchestrator.runs import RunRecord
+from orchestrator.launch.prepare import prepare
+from orchestrator.launch.torchrun import fit
+from orchestrator.runs.record import RunRecord
+from orchestrator.worker import checkpoint
+from orchestrator.worker.cluster import Cluster
+from orchestrator.worker.meter import Meter
 
 
 def config(shards: str, runs: str, **extra) -> TrainConfig:
@@ -111,7 +111,7 @@ def test_every_collective_tensor_lives_on_the_nccl_device(monkeypatch):
     """NCCL serves CUDA tensors only: a CPU tensor in all_reduce raises on every GPU run. With
     the backend reported as nccl and the loop's device not the CPU, the metric collective of a
     log step and of validation must both hand over tensors on that device."""
-    from orchestrator.evaluation import evaluate
+    from orchestrator.worker.evaluation import evaluate
 
     cluster = FakeNccl()
 

@@ -1,5 +1,5 @@
 """Hydra's launcher for this project's sweeps: every job of a multirun becomes a Ray Tune trial
-(orchestrator/tuning.py). It lives here because hydra-core instantiates launchers only from the
+(orchestrator/sweeps/). It lives here because hydra-core instantiates launchers only from the
 `hydra_plugins` namespace; selected by `hydra/launcher: ray_tune` (conf/train.yaml).
 
 Each job first goes through Hydra's own `run_job` (its overrides, output folder, job name) and
@@ -42,14 +42,14 @@ class RayTuneLauncher(Launcher):
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from orchestrator import tuning
+        from orchestrator.sweeps import sweep, trials
 
         assert self.config is not None and self.hydra_context is not None and self.task_function is not None
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         returns: list[JobReturn] = []
-        with tuning.collecting() as prepared:
+        with trials.collecting() as prepared:
             for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
                 log.info("\t#%d : %s", idx, " ".join(filter_overrides(overrides)))
                 sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
@@ -65,7 +65,7 @@ class RayTuneLauncher(Launcher):
                     )
                 )
                 configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        objectives = tuning.run_trials(prepared, str(self.config.hydra.sweep.dir))
+        objectives = sweep.run_trials(prepared, str(self.config.hydra.sweep.dir))
         for idx, ret in enumerate(returns, start=initial_job_idx):
             if idx in objectives and ret.status == JobStatus.COMPLETED:
                 ret.return_value = objectives[idx]

@@ -40,10 +40,10 @@ from torchvision.transforms import v2
 
 from model import AlexNet
 from model.summary import train_flops_per_image
-from orchestrator import host_memory
 from orchestrator.config import COMM_HOOKS, REPO_ROOT
-from orchestrator.devices import tower_devices
 from orchestrator.tools import gradient_traffic
+from orchestrator.worker import host_memory
+from orchestrator.worker.devices import tower_devices
 
 BATCH = 64
 
@@ -193,7 +193,9 @@ def _decode_files(paths: list[str]) -> int:
 
 def bench_loader(workers: int, images: int = 1500) -> dict[str, float]:
     """Shards of ~500x375 photographs resized to 256, read three ways with `workers` processes."""
-    from orchestrator.data import Augment, TrainStream, load_manifest
+    from orchestrator.data.augment import Augment
+    from orchestrator.data.shard_reader import load_manifest
+    from orchestrator.data.streams import TrainStream
     from shards.__main__ import main as shards_main
     from shards.demo import PHOTOS, load_photo
 
@@ -267,7 +269,7 @@ def bench_orchestration(shards: str, epochs: int = 3) -> dict[str, float]:
     from hydra import compose, initialize_config_dir
 
     import orchestrator.train as train
-    from orchestrator.runs import RunRecord
+    from orchestrator.runs.record import RunRecord
 
     out: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="alexnet-bench-runs-") as runs:
@@ -289,7 +291,10 @@ def bench_orchestration(shards: str, epochs: int = 3) -> dict[str, float]:
 
 def plain_loop(shards: str, epochs: int) -> float:
     """The training loop's work (stream, device transform, model, SGD) without Ray, one thread."""
-    from orchestrator.data import Augment, DeviceTransform, TrainStream, load_manifest
+    from orchestrator.data.augment import Augment
+    from orchestrator.data.device_transform import DeviceTransform
+    from orchestrator.data.shard_reader import load_manifest
+    from orchestrator.data.streams import TrainStream
 
     torch.set_num_threads(1)
     manifest = load_manifest(shards, {})
@@ -335,7 +340,8 @@ def bench_checkpoint() -> dict[str, float]:
     127.0.0.1 vs a raw fsspec put of the same bytes."""
     import s3fs
 
-    from orchestrator import checkpoint, storage
+    from orchestrator import storage
+    from orchestrator.worker import checkpoint
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -13,8 +13,8 @@ import sys
 import tempfile
 import time
 
-from orchestrator.compare import local_rows
 from orchestrator.config import REPO_ROOT
+from orchestrator.runs.compare import local_rows
 from orchestrator.tools import publish
 
 LRS = "0.04,0.01,0.0025"

@@ -36,8 +36,8 @@ from rich.table import Table
 
 from model import AlexNet
 from orchestrator.config import REPO_ROOT
-from orchestrator.devices import tower_devices
 from orchestrator.tools.bench import image_flops, machine, matmul_flops_per_s, timed, train_step_rate
+from orchestrator.worker.devices import tower_devices
 
 SKIPPED = "skipped: needs CUDA"
 
@@ -103,9 +103,9 @@ def train(check: Check, shards: str, runs: str) -> dict[str, Any]:
     from hydra import compose, initialize_config_dir
 
     from orchestrator.config import register
-    from orchestrator.job import prepare
-    from orchestrator.local import fit
-    from orchestrator.runs import RunRecord
+    from orchestrator.launch.prepare import prepare
+    from orchestrator.launch.torchrun import fit
+    from orchestrator.runs.record import RunRecord
 
     register()
     workers = max(1, (os.cpu_count() or 2) // 2)  # one loader process per 2 cores
@@ -188,7 +188,11 @@ def data_path(check: Check, shards: str, gpu_images_per_s: float | None) -> dict
 
     import simplejpeg
 
-    from orchestrator.data import Augment, Reading, Skips, TrainStream, load_manifest, samples
+    from orchestrator.data.augment import Augment
+    from orchestrator.data.bad_samples import Skips
+    from orchestrator.data.plan import Reading
+    from orchestrator.data.shard_reader import load_manifest, samples
+    from orchestrator.data.streams import TrainStream
 
     manifest = load_manifest(shards, {})
     size = 224 if not check.dry else 67

@@ -66,7 +66,7 @@ class Counted:
 def measure(rank: int, world: int, port: int, hooks: list[str], steps: int, batch: int, out: str,
             net: dict[str, Any]) -> None:  # fmt: skip
     """One worker: every hook in turn on the same model (AlexNet(**net)) and batch."""
-    from orchestrator import gradients
+    from orchestrator.worker import gradients
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import torch
 
-from orchestrator.data import DataError
+from orchestrator.data.bad_samples import DataError
 
 
 class Meter:

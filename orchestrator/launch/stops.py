@@ -1,13 +1,13 @@
-"""Stopping a run without losing it. Ctrl-C or SIGTERM (a user, a scheduler's preemption,
+"""Stopping a run without losing it, the driver's side. Ctrl-C or SIGTERM (a user, a scheduler's preemption,
 `ray job stop`, `kubectl delete`) asks the workers to checkpoint at the step they are at and
 end; the run is recorded as `stopped`, the process exits 128 + the signal (130, 143), and
 `resume=true` continues at exactly that step. A second signal stops at once.
 
 How a request reaches the workers:
 - Ray: the driver writes a `stop` file into the run's folder (`RunFolder.request_stop`); rank 0
-  polls it from a background thread (`StopWatch`), so the training loop never waits on storage.
+  polls it from a background thread (`worker.signals.StopWatch`), so the training loop never waits on storage.
 - torchrun / `orchestrator.local`: the signal reaches the worker process itself (the terminal
-  sends Ctrl-C to the whole process group; torchrun forwards SIGTERM), caught by `Signals`.
+  sends Ctrl-C to the whole process group; torchrun forwards SIGTERM), caught by `worker.signals.Signals`.
 Ranks then agree with one all-reduce at fixed steps (`Trainer.stop_agreed`), so every rank
 stops after the same step and writes (rank 0) or reports the same checkpoint."""
 
@@ -17,55 +17,12 @@ import contextlib
 import logging
 import signal
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Protocol
 
+from orchestrator.worker.signals import Signals, describe
+
 log = logging.getLogger(__name__)
-
-HANDLED = (signal.SIGINT, signal.SIGTERM)
-# The terminal delivers Ctrl-C to every process of the foreground group and torchrun forwards
-# it again: a repeat this soon after the first is the same request, not a second Ctrl-C.
-SAME_REQUEST_S = 1.0
-
-
-def exit_code(signum: int) -> int:
-    """What a shell reports for a process ended by `signum`: 130 for SIGINT, 143 for SIGTERM."""
-    return 128 + signum
-
-
-class Signals:
-    """Installs SIGINT/SIGTERM handlers (main thread only) until `restore`. The first signal
-    calls `on_first(signum)`; a second one (later than SAME_REQUEST_S) raises
-    KeyboardInterrupt in the main thread: stop at once."""
-
-    def __init__(self, on_first: Callable[[int], None]) -> None:
-        self.on_first = on_first
-        self.signum: int | None = None
-        self.first_at = 0.0
-        self.previous = {s: signal.getsignal(s) for s in HANDLED}
-        for s in HANDLED:
-            signal.signal(s, self._handle)
-
-    def _handle(self, signum: int, frame: object) -> None:
-        if self.signum is None:
-            self.signum, self.first_at = signum, time.monotonic()
-            self.on_first(signum)
-        elif time.monotonic() - self.first_at > SAME_REQUEST_S:
-            self.restore()
-            raise KeyboardInterrupt
-
-    @property
-    def received(self) -> bool:
-        return self.signum is not None
-
-    def restore(self) -> None:
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
-
-
-def describe(signum: int) -> str:
-    return signal.Signals(signum).name
 
 
 @contextlib.contextmanager
@@ -78,33 +35,6 @@ def interrupts_blocked() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
-class StopWatch:
-    """A daemon thread that asks `requested()` (a storage read) every `every_s` seconds and
-    remembers the first yes; reading `.requested` costs nothing."""
-
-    def __init__(self, requested: Callable[[], bool], every_s: float = 1.0) -> None:
-        self._seen = threading.Event()
-        self._closed = threading.Event()
-        self._requested, self._every_s = requested, every_s
-        threading.Thread(target=self._watch, name="stop-watch", daemon=True).start()
-
-    def _watch(self) -> None:
-        while not self._closed.wait(self._every_s):
-            try:
-                if self._requested():
-                    self._seen.set()
-                    return
-            except Exception as err:  # a storage hiccup: ask again next time
-                log.debug("stop watch: %s", err)
-
-    @property
-    def requested(self) -> bool:
-        return self._seen.is_set()
-
-    def close(self) -> None:
-        self._closed.set()
 
 
 class StopRequests:

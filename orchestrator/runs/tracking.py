@@ -9,9 +9,9 @@ import os
 from typing import Any
 
 from orchestrator import storage
-from orchestrator.checkpoint import CHECKSUM_FILE, STATE_FILE
 from orchestrator.config import TrainConfig, public_config
-from orchestrator.runs import EARLY_STOP, RunFolder, RunRecord
+from orchestrator.runs.folder import CHECKSUM_FILE, EARLY_STOP, STATE_FILE, RunFolder
+from orchestrator.runs.record import RunRecord
 
 log = logging.getLogger(__name__)
 

@@ -12,12 +12,13 @@ import ray.train
 import ray.train.torch
 import torch
 
-from orchestrator import checkpoint, storage
-from orchestrator.cluster import Cluster, newest_intact
+from orchestrator import storage
 from orchestrator.config import TrainConfig
-from orchestrator.runs import RunFolder
-from orchestrator.stopping import StopWatch
-from orchestrator.trainer import Trainer
+from orchestrator.runs.folder import RunFolder
+from orchestrator.worker import checkpoint
+from orchestrator.worker.cluster import Cluster, newest_intact
+from orchestrator.worker.signals import StopWatch
+from orchestrator.worker.trainer import Trainer
 
 
 def quiet_report_lines() -> None:

@@ -8,9 +8,9 @@ import time
 from omegaconf import DictConfig
 
 from orchestrator.config import ConfigError, TrainConfig, validate
-from orchestrator.data import load_manifest
-from orchestrator.runs import RunFolder
-from orchestrator.sweep import job_names
+from orchestrator.data.shard_reader import load_manifest
+from orchestrator.launch.naming import job_names
+from orchestrator.runs.folder import RunFolder
 
 
 def default_run_name(experiment: str) -> str:

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 import torch
 import torch.nn.functional as F
 
-from orchestrator.data import DeviceTransform
+from orchestrator.data.device_transform import DeviceTransform
 
 
 @torch.no_grad()

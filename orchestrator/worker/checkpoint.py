@@ -11,15 +11,13 @@ from typing import Any
 
 import torch
 
+from orchestrator.runs.folder import CHECKSUM_FILE, STATE_FILE
 from shards.manifest import sha256_of
 
 try:
     from torch.utils.serialization import config as serialization_config
 except ImportError:  # an older torch, whose torch.save always writes the CRC32s
     serialization_config = None
-
-STATE_FILE = "state.pt"
-CHECKSUM_FILE = "state.sha256"  # written with state.pt; a copy that does not match is damaged
 
 
 def _to_cpu(obj: Any) -> Any:

@@ -15,7 +15,7 @@ import ray
 import yaml
 
 from orchestrator.config import ConfigError
-from orchestrator.submit import STOP_WAIT_S, Job
+from orchestrator.launch.remote.job_spec import STOP_WAIT_S, Job
 
 # Seconds Kubernetes waits after SIGTERM (a `kubectl delete`, a preemption) before SIGKILL:
 # time for the driver to have the workers write their checkpoint.

@@ -20,29 +20,24 @@ from torch.nn.parallel import DistributedDataParallel
 from model.profile import profile_split_step
 from model.profile import summarize as summarize_profile
 from model.summary import train_flops_per_image
-from orchestrator import checkpoint, gradients, host_memory
-from orchestrator.cluster import Cluster
 from orchestrator.config import TrainConfig, public_config
-from orchestrator.data import (
-    Augment,
-    DataError,
-    DeviceTransform,
-    EvalStream,
-    TrainStream,
-    load_manifest,
-    loader,
-    stable_seed,
-    steps_per_epoch,
-)
-from orchestrator.devices import tower_devices
-from orchestrator.evaluation import evaluate
+from orchestrator.data.augment import Augment
+from orchestrator.data.bad_samples import DataError
+from orchestrator.data.device_transform import DeviceTransform
+from orchestrator.data.plan import stable_seed, steps_per_epoch
+from orchestrator.data.shard_reader import load_manifest
+from orchestrator.data.streams import EvalStream, TrainStream, loader
 from orchestrator.logs import setup as setup_logging
-from orchestrator.meter import Meter
-from orchestrator.network import autocast, build_model, make_optimizer
-from orchestrator.perf import Speed, peak_flops
-from orchestrator.runs import EARLY_STOP, PAUSED, RunFolder
-from orchestrator.schedule import Schedule
-from orchestrator.tracking import NullTracker, Tracker
+from orchestrator.runs.folder import EARLY_STOP, PAUSED, RunFolder
+from orchestrator.runs.tracking import NullTracker, Tracker
+from orchestrator.worker import checkpoint, gradients, host_memory
+from orchestrator.worker.cluster import Cluster
+from orchestrator.worker.devices import tower_devices
+from orchestrator.worker.evaluation import evaluate
+from orchestrator.worker.meter import Meter
+from orchestrator.worker.network import autocast, build_model, make_optimizer
+from orchestrator.worker.perf import Speed, peak_flops
+from orchestrator.worker.schedule import Schedule
 
 log = logging.getLogger(__name__)
 
