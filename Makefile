@@ -13,7 +13,7 @@ LR      ?= 0.02,0.01
 DROPOUT ?= 0.5,0.3
 DEMO_SHARDS := data/shards/demo
 
-.PHONY: install test test-fast lint train submit kuberay sweep shards bench bench-gpu gpu-check clean
+.PHONY: install test test-fast lint imports train submit kuberay sweep shards bench bench-gpu gpu-check clean
 
 install: $(STAMP)
 
@@ -31,9 +31,13 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
-lint: $(STAMP)
+lint: imports
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+# The layering and no import circles (contracts in pyproject.toml: [tool.importlinter]).
+imports: $(STAMP)
+	$(VENV)/bin/lint-imports
 
 $(DEMO_SHARDS)/manifest.json: | $(STAMP)
 	$(PY) -m shards demo --out $(DEMO_SHARDS)

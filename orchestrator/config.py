@@ -22,6 +22,7 @@ from model.alexnet import LRN_MODES
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.,=+-]*")
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOYAL_WARMUP_EPOCHS = 5.0  # "Accurate, Large Minibatch SGD" (2017): gradual warm-up with scaled lrs
+SWEEP_LAUNCHER = "hydra_plugins.alexnet_orchestrator.ray_tune_launcher.RayTuneLauncher"
 SECRET_WORDS = ("key", "secret", "token", "password", "credential")
 
 
@@ -392,11 +393,15 @@ def public_config(config: TrainConfig | dict[str, Any]) -> dict[str, Any]:
 
 
 def register() -> None:
-    """The schema as `train_schema` for conf/train.yaml and ${repo:path} for paths in this repo.
-    The sweep launcher (`hydra/launcher: ray_tune`) is registered by `python -m orchestrator.train`,
+    """The schema as `train_schema` for conf/train.yaml, ${repo:path} for paths in this repo, and
+    the sweep launcher's config (`hydra/launcher: ray_tune`, named by its class so that composing
+    needs no import of it). The launcher class itself is registered by `python -m orchestrator.train`,
     the one verb that sweeps: Hydra finds plugins by listing the `hydra_plugins` folders on
     sys.path, which misses an editable install's (and this repo's when run from elsewhere)."""
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    ConfigStore.instance().store(
+        group="hydra/launcher", name="ray_tune", node={"_target_": SWEEP_LAUNCHER}, provider="alexnet"
+    )
     OmegaConf.register_new_resolver("repo", lambda path: os.path.join(REPO_ROOT, path), replace=True)
 
 

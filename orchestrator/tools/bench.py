@@ -268,9 +268,12 @@ def bench_orchestration(shards: str, epochs: int = 3) -> dict[str, float]:
     import ray
     from hydra import compose, initialize_config_dir
 
-    import orchestrator.train as train
+    from orchestrator.config import register
+    from orchestrator.launch.prepare import prepare
+    from orchestrator.launch.ray_job import connect, execute
     from orchestrator.runs.record import RunRecord
 
+    register()
     out: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="alexnet-bench-runs-") as runs:
         overrides = [f"data.url={shards}", f"storage.url={runs}", f"epochs={epochs}", "logger=none",
@@ -281,7 +284,9 @@ def bench_orchestration(shards: str, epochs: int = 3) -> dict[str, float]:
                 cfg = compose("train", overrides=[*overrides, f"cluster.nodes={nodes}", f"run_name=n{nodes}"])
             start = time.time()
             with contextlib.redirect_stdout(io.StringIO()):
-                train.run(cfg)
+                config = prepare(cfg)
+                connect(config)
+                execute(config)
             record = RunRecord.read(os.path.join(runs, f"n{nodes}"))
             out[f"ray_{nodes}_images_per_s"] = record.images_per_s() or 0.0
             out[f"first_step_seconds_{nodes}"] = record.events("first_step")[0]["time"] - start
