@@ -56,7 +56,7 @@ def record_failure(cfg: DictConfig, error: str) -> None:
     try:
         config = OmegaConf.to_container(cfg, resolve=True)
         name, _ = job_names(config["run_name"], config["logger"]["group"])
-        folder = RunFolder(absolute(config["storage"]["url"]), name, config["storage"]["options"])
+        folder = RunFolder.at(absolute(config["storage"]["url"]), name, config["storage"]["options"])
         folder.write_config(public_config(config))
         folder.event("failed", error=error)
         folder.drain()

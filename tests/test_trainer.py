@@ -94,6 +94,21 @@ def test_two_processes_train_one_model_with_ddp(tiny_shards, tmp_path):
     assert [line["val/images"] for line in record if "val/top1" in line] == [40]  # both halves of val
 
 
+def _three_ranks(rank: int, shards: str, runs: str, port: int) -> None:
+    os.environ["MASTER_PORT"] = str(port)
+    fit(config(shards, runs, run_name="uneven", **{"cluster.nodes": 3}), rank=rank, world=3)
+
+
+@pytest.mark.timeout(300)
+def test_three_processes_on_uneven_shards_finish(tiny_shards, tmp_path):
+    """4 shards over 3 ranks: one rank holds two. Equal batch counts keep DDP from hanging."""
+    runs = str(tmp_path / "runs")
+    mp.spawn(_three_ranks, args=(tiny_shards, runs, free_port()), nprocs=3)
+    record = lines(os.path.join(runs, "uneven"))
+    assert record[-1]["event"] == "finished"
+    assert max(line["step"] for line in record if "train/loss" in line) == 160 // 3 // 8
+
+
 class FakeNccl(Cluster):
     """A cluster whose process group reports the NCCL backend, with a non-CPU device (meta),
     recording the device of every tensor that reaches a collective."""
@@ -238,3 +253,23 @@ def test_a_damaged_checkpoint_is_skipped_for_the_newest_intact_one(tiny_shards, 
     refusal = r"^every checkpoint of run rot is damaged .*start over with another run_name"
     with pytest.raises(ConfigError, match=refusal):
         fit(config(tiny_shards, runs, run_name="rot", resume="true", epochs=3))
+
+
+def test_a_run_on_s3_keeps_every_metric_line(tiny_shards, s3_bucket, tmp_path, monkeypatch):
+    """One writer per run record: the launch's events, rank 0's metrics and the end all land in
+    one metrics.jsonl on object storage (two writers each rewrote the file from their own copy)."""
+    import s3fs
+
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    bucket, options = s3_bucket
+    cfg = compose(*tiny_run_overrides(tiny_shards, f"s3://{bucket}/runs", run_name="s3", epochs=1,
+                                      **{"logger.mode": "disabled", "cluster.nodes": 1}))  # fmt: skip
+    cfg.storage.options = options
+    assert fit(prepare(cfg)) == 0
+    fs = s3fs.S3FileSystem(**options, skip_instance_cache=True)
+    record = [json.loads(line) for line in fs.cat(f"{bucket}/runs/s3/metrics.jsonl").decode().splitlines()]
+    events = [line["event"] for line in record if "event" in line]
+    assert events[0] == "launched" and events[-1] == "finished"
+    steps = 160 // 8
+    assert [line["step"] for line in record if "train/loss" in line] == list(range(2, steps + 1, 2))
+    assert len([line for line in record if "val/top1" in line]) == 1

@@ -33,7 +33,7 @@ def prepare(cfg: DictConfig) -> TrainConfig:
     config.run_name, config.logger.group = job_names(config.run_name, config.logger.group)
     if config.run_name is None:
         config.run_name = default_run_name(config.experiment)
-    if not config.resume and RunFolder(config.storage.url, config.run_name, config.storage.options).exists():
+    if not config.resume and RunFolder.of(config).exists():
         raise ConfigError(
             f"run {config.run_name} already exists in {config.storage.url}; "
             "pass resume=true to continue it, or choose another run_name"

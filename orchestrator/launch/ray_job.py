@@ -71,7 +71,7 @@ def worker_env(config: TrainConfig) -> dict[str, str]:
 def launch(config: TrainConfig, callbacks: list[Any]) -> ray.train.Result:
     scaling_config, torch_config = scaling(config)
     storage_path, storage_fs = storage.ray_storage(config.storage.url, config.storage.options)
-    folder = RunFolder(config.storage.url, config.run_name, config.storage.options)
+    folder = RunFolder.of(config)
     folder.clear_stop()
     folder.write_config(public_config(config))
     folder.event(LAUNCHED, workers=config.cluster.nodes, until_epoch=config.until_epoch)
@@ -132,7 +132,7 @@ def execute(config: TrainConfig, callbacks: list[Any] | None = None) -> float:
         return math.nan
     start = time.perf_counter()
     result, error = None, None
-    STOPS.track(config.run_name, RunFolder(config.storage.url, config.run_name, config.storage.options))
+    STOPS.track(config.run_name, RunFolder.of(config))
     try:
         result = launch(config, callbacks or [])
         error = root_cause(result.error) if result.error is not None else None
@@ -141,5 +141,5 @@ def execute(config: TrainConfig, callbacks: list[Any] | None = None) -> float:
     finally:
         STOPS.untrack(config.run_name)
         if STOPS.signum is not None:  # answered: a later resume must not see it
-            RunFolder(config.storage.url, config.run_name, config.storage.options).clear_stop()
+            RunFolder.of(config).clear_stop()
     return summarize(config, result, error, time.perf_counter() - start)

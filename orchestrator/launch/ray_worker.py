@@ -107,7 +107,7 @@ class RayCluster(Cluster):
 
 def train_loop(config: TrainConfig) -> None:
     """One Ray Train worker."""
-    folder = RunFolder(config.storage.url, config.run_name, config.storage.options)
+    folder = RunFolder.of(config)
     cluster = RayCluster(folder)
     try:
         Trainer(config, cluster).fit()

@@ -23,7 +23,7 @@ class TrainingFailed(RuntimeError):
 
 def summarize(config: TrainConfig, result: ray.train.Result | None, error: str | None, seconds: float) -> float:
     """Record how the run ended and say what a user wants: accuracy, speed, where everything is."""
-    folder = RunFolder(config.storage.url, config.run_name, config.storage.options)
+    folder = RunFolder.of(config)
     failed = error is not None
     record = RunRecord.read(folder.url, folder.options)  # what the workers wrote; the summary needs no more
     ended = record.end_event  # rank 0 says when the run stopped, or was stopped early by a sweep

@@ -25,7 +25,7 @@ def fit(config: TrainConfig, rank: int | None = None, world: int | None = None) 
     if config.cluster.gpus_per_worker is None:
         per_process = torch.cuda.device_count() // int(os.environ.get("LOCAL_WORLD_SIZE", world))
         config.cluster.gpus_per_worker = min(2, per_process)
-    folder = RunFolder(config.storage.url, config.run_name, config.storage.options)
+    folder = RunFolder.of(config)
     cluster = TorchCluster(folder, config.cluster.gpus_per_worker, config.checkpoint.keep, rank, world)
     try:
         if cluster.rank == 0:

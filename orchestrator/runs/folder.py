@@ -17,11 +17,14 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import yaml
 
 from orchestrator import storage
+
+if TYPE_CHECKING:
+    from orchestrator.config import TrainConfig
 
 CONFIG = "config.yaml"
 
@@ -73,7 +76,17 @@ class Uploads:
 
 
 class RunFolder:
-    """Where one run's files go, and the writers of its config and metrics."""
+    """Where one run's files go, and the writer of its config and metrics.
+
+    One writer per run and process: `RunFolder.of(config)` hands every part of a process (the
+    driver's launch and summary, rank 0's tracker, a sweep's judge) the same instance, because on
+    object storage an instance keeps metrics.jsonl's lines to rewrite the file whole, and two
+    instances would each rewrite it from their own copy (a local run on S3 once ended with only
+    `launched` and `finished`: every metric line lost). Between processes the record changes
+    hands (the driver before launch and after the workers end, rank 0 in between): `drain()`
+    also forgets the copy, so the next write starts from what the other process wrote."""
+
+    _open: ClassVar[dict[tuple[str, str], RunFolder]] = {}
 
     def __init__(self, storage_url: str, name: str, options: dict[str, Any] | None = None) -> None:
         self.name, self.options = name, options or {}
@@ -82,6 +95,19 @@ class RunFolder:
         self._lines: list[str] | None = None
         self._lock = threading.Lock()
         self._dirty = False
+
+    @classmethod
+    def of(cls, config: TrainConfig) -> RunFolder:
+        """The run's folder in this process: one instance per run (see the class)."""
+        return cls.at(config.storage.url, config.run_name, config.storage.options)
+
+    @classmethod
+    def at(cls, storage_url: str, name: str, options: dict[str, Any] | None = None) -> RunFolder:
+        key = (storage.join(storage_url, name), json.dumps(options or {}, sort_keys=True, default=str))
+        folder = cls._open.get(key)
+        if folder is None:
+            folder = cls._open[key] = cls(storage_url, name, options)
+        return folder
 
     def path(self, *parts: str) -> str:
         return storage.join(self.url, *parts)
@@ -157,4 +183,8 @@ class RunFolder:
         storage.write_text(self.metrics_url, text, self.options)
 
     def drain(self) -> None:
+        """Wait for every write; then forget the copy of metrics.jsonl (see the class)."""
         self.uploads.drain()
+        with self._lock:
+            if not self._dirty:
+                self._lines = None

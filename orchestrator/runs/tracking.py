@@ -129,7 +129,7 @@ class Tracker:
 def mark_stopped_early(config: TrainConfig, epoch: int) -> None:
     """A paused run that a sweep's synchronous halving drops (tuning.py), seen from the driver:
     its record and its W&B run (the same id, resumed for a moment) say "stopped early"."""
-    folder = RunFolder(config.storage.url, config.run_name, config.storage.options)
+    folder = RunFolder.of(config)
     folder.event(EARLY_STOP, epoch=epoch)
     folder.drain()
     mode = wandb_mode(config.logger.mode)

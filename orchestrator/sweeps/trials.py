@@ -71,7 +71,7 @@ def epoch_reports():
 
 
 def run_folder(config: TrainConfig) -> RunFolder:
-    return RunFolder(config.storage.url, config.run_name, config.storage.options)
+    return RunFolder.of(config)
 
 
 def trial(params: dict[str, Any], jobs: dict[int, TrainConfig]) -> None:

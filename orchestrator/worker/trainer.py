@@ -101,7 +101,7 @@ class Trainer:
         self.schedule = Schedule(self.optimizer, config.schedule, config.epochs, self.steps, config.warmup_epochs)
 
         self.position = Position()
-        self.folder = RunFolder(config.storage.url, config.run_name, config.storage.options)
+        self.folder = RunFolder.of(config)
         self.tracker = Tracker(config, self.folder) if cluster.rank == 0 else NullTracker()
         self.transform = DeviceTransform(self.manifest, dev_a, data.lighting, config.channels_last, data.normalize)
         short_side = self.manifest.settings.get("resize", config.model.input_size)
