@@ -30,7 +30,7 @@ class ConfigError(ValueError):
     """A bad configuration value: one sentence naming the key and what to do."""
 
 
-COMM_HOOKS = ("none", "bf16", "fp16", "powersgd")  # ddp.comm_hook (orchestrator/gradients.py)
+COMM_HOOKS = ("none", "bf16", "fp16", "powersgd")  # ddp.comm_hook (orchestrator/worker/gradients.py)
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")  # Ray's placement-group strategies
 
 
@@ -169,7 +169,7 @@ class OptimConfig:
 
 @dataclass
 class DDPConfig:
-    """How gradients cross workers (orchestrator/gradients.py)."""
+    """How gradients cross workers (orchestrator/worker/gradients.py)."""
 
     comm_hook: str = "none"  # none | bf16 | fp16 | powersgd
     powersgd_rank: int = 4  # powersgd: the rank of each gradient matrix's approximation
@@ -290,12 +290,12 @@ SCHEDULERS = ("none", "asha", "sha", "hyperband")
 @dataclass
 class SweepConfig:
     parallel: int = 1  # multirun runs at once (Ray Tune trials); each needs nodes x gpus_per_worker GPUs
-    # Early stopping on val top-1 per epoch (orchestrator/tuning.py): none | asha | sha | hyperband
+    # Early stopping on val top-1 per epoch (orchestrator/sweeps/schedulers.py): none | asha | sha | hyperband
     scheduler: str = "sha"
     grace_period: int = 1  # asha, sha: epochs every run gets before it can be stopped
     reduction_factor: int = 2  # 1/reduction_factor of the runs go on at each rung
     # asha: a run that passed a rung before better runs reached it is stopped once they have
-    # (orchestrator/tuning.py, stopping_gracefully); false: Tune's ASHA as it is
+    # (orchestrator/sweeps/schedulers.py, stopping_gracefully); false: Tune's ASHA as it is
     rejudge: bool = True
 
     def __post_init__(self) -> None:

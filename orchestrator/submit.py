@@ -5,7 +5,7 @@ out); the job's driver is `python -m orchestrator.train cluster=ray ...` on the 
 command prints where the run's folder and W&B run will be, then follows the job's log until it
 ends and exits with the job's exit code. Ctrl-C here leaves the job running.
 
-`--kuberay` renders a KubeRay RayJob manifest instead (orchestrator/kuberay.py)."""
+`--kuberay` renders a KubeRay RayJob manifest instead (orchestrator/launch/remote/kuberay.py)."""
 
 from __future__ import annotations
 

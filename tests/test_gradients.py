@@ -1,4 +1,4 @@
-"""How gradients cross workers (orchestrator/gradients.py), with two gloo processes: the
+"""How gradients cross workers (orchestrator/worker/gradients.py), with two gloo processes: the
 compression hooks train, and PowerSGD's state and accumulated steps survive a resume."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Hydra multirun: one run per job, named after its overrides, grouped by sweep. The jobs run as
-Ray Tune trials (orchestrator/tuning.py), `sweep.parallel` at once."""
+Ray Tune trials (orchestrator/sweeps/), `sweep.parallel` at once."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@
                             metrics.jsonl    one JSON object per line: metrics and events
                             checkpoint_*/    the kept checkpoints (state.pt)
                             best/            a copy of the checkpoint with the best val top-1
-                            stop             present while a stop is requested (orchestrator/stopping.py)
+                            stop             present while a stop is requested (orchestrator/launch/stops.py)
 
 `RunFolder` writes a run (the driver's config.yaml and end event, rank 0's metrics); `RunRecord`
 reads one back (the end-of-run summary, `compare`)."""
@@ -43,10 +43,10 @@ CHECKSUM_FILE = "state.sha256"  # written with state.pt; a copy that does not ma
 STOP = "stop"
 
 
-EARLY_STOP = "stopped_early"  # the reason a sweep's scheduler gives when it drops a run (tuning.py)
+EARLY_STOP = "stopped_early"  # the reason a sweep's scheduler gives when it drops a run (sweeps/schedulers.py)
 
 
-PAUSED = "paused"  # ended at `until_epoch`, to be resumed (a sweep's synchronous halving, tuning.py)
+PAUSED = "paused"  # ended at `until_epoch`, to be resumed (a sweep's synchronous halving, sweeps/schedulers.py)
 
 
 END_EVENTS = ("finished", "failed", "stopped", PAUSED, EARLY_STOP)

@@ -1,6 +1,6 @@
 """What a Trainer knows of the cluster it runs in: its rank, the world size, its devices, one
 collective (a sum over ranks), and where checkpoints go and come back from. Two adapters: Ray
-Train's (orchestrator/ray_cluster.py) and plain torch.distributed (`TorchCluster`, here: a
+Train's (orchestrator/launch/ray_worker.py) and plain torch.distributed (`TorchCluster`, torch_cluster.py: a
 torchrun-style launch, the GPU check and the tests), so training runs, is tested and is
 profiled without Ray."""
 

@@ -10,7 +10,7 @@ import shlex
 import sys
 
 from orchestrator import storage
-from orchestrator.config import REPO_ROOT, ConfigError, validate
+from orchestrator.config import REPO_ROOT, ConfigError, register, validate
 from orchestrator.launch.remote.job_spec import STOP_WAIT_S, Job
 
 log = logging.getLogger(__name__)
@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 def compose_job(overrides: list[str], nodes: int | None) -> Job:
     """The run's config as the cluster will see it, checked here before anything is shipped:
     `cluster=ray`, the node count, and a fixed run name (so it can be named now)."""
+    register()  # the schema conf/train.yaml composes onto
     from hydra import compose, initialize_config_dir
 
     from orchestrator.launch.overrides import override_problem
