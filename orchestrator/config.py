@@ -74,10 +74,6 @@ def no_secrets(key: str, options: dict[str, Any]) -> None:
         )
 
 
-def is_local_path(url: str) -> bool:
-    return "://" not in url or url.startswith("file://")
-
-
 def absolute(url: str) -> str:
     """Ray workers run in another directory: local paths become absolute before they travel."""
     if url.startswith("file://"):
