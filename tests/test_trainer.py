@@ -76,15 +76,16 @@ def test_until_epoch_pauses_and_the_resumed_run_equals_the_uninterrupted_one(tin
     assert record.seconds() < record.lines[-1]["time"] - launches[0]
 
 
-def _two_ranks(rank: int, shards: str, runs: str, port: int) -> None:
+def _rank(rank: int, world: int, name: str, shards: str, runs: str, port: int) -> None:
+    """One of `world` torch.distributed processes of run `name` (mp.spawn's target)."""
     os.environ["MASTER_PORT"] = str(port)
-    fit(config(shards, runs, run_name="two", **{"cluster.nodes": 2}), rank=rank, world=2)
+    fit(config(shards, runs, run_name=name, **{"cluster.nodes": world}), rank=rank, world=world)
 
 
 @pytest.mark.timeout(300)
 def test_two_processes_train_one_model_with_ddp(tiny_shards, tmp_path):
     runs = str(tmp_path / "runs")
-    mp.spawn(_two_ranks, args=(tiny_shards, runs, free_port()), nprocs=2)
+    mp.spawn(_rank, args=(2, "two", tiny_shards, runs, free_port()), nprocs=2)
     record = lines(os.path.join(runs, "two"))
     assert record[-1]["event"] == "finished"
     train = [line for line in record if "train/loss" in line]
@@ -94,16 +95,11 @@ def test_two_processes_train_one_model_with_ddp(tiny_shards, tmp_path):
     assert [line["val/images"] for line in record if "val/top1" in line] == [40]  # both halves of val
 
 
-def _three_ranks(rank: int, shards: str, runs: str, port: int) -> None:
-    os.environ["MASTER_PORT"] = str(port)
-    fit(config(shards, runs, run_name="uneven", **{"cluster.nodes": 3}), rank=rank, world=3)
-
-
 @pytest.mark.timeout(300)
 def test_three_processes_on_uneven_shards_finish(tiny_shards, tmp_path):
     """4 shards over 3 ranks: one rank holds two. Equal batch counts keep DDP from hanging."""
     runs = str(tmp_path / "runs")
-    mp.spawn(_three_ranks, args=(tiny_shards, runs, free_port()), nprocs=3)
+    mp.spawn(_rank, args=(3, "uneven", tiny_shards, runs, free_port()), nprocs=3)
     record = lines(os.path.join(runs, "uneven"))
     assert record[-1]["event"] == "finished"
     assert max(line["step"] for line in record if "train/loss" in line) == 160 // 3 // 8
