@@ -26,7 +26,6 @@ from orchestrator.worker.signals import exit_code
 
 register()
 
-
 log = logging.getLogger("orchestrator.local")
 
 

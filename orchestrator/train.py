@@ -35,7 +35,6 @@ from orchestrator.worker.signals import exit_code
 register()
 Plugins.instance().register(RayTuneLauncher)  # `hydra/launcher: ray_tune`: see orchestrator.config.register
 
-
 log = logging.getLogger("orchestrator.train")
 
 

@@ -22,7 +22,6 @@ from shards.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
-
 PREFETCH = 4  # batches each loader process makes ahead
 
 

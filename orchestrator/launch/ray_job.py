@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-
 # gitignore patterns: anchored with "/", or "data/" would also drop conf/data/ (a config group)
 SHIP_EXCLUDES = [
     "/data/", "/runs/", "/outputs/", "/multirun/", "/wandb-runs/", "wandb/", "/.venv/", ".git/", "*.tar",

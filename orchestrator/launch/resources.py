@@ -19,7 +19,6 @@ from orchestrator.config import (
 
 log = logging.getLogger(__name__)
 
-
 TRIAL_CPU = 0.01  # what a sweep's Tune trial (its driver function) holds; its workers ask for their own
 
 

@@ -28,29 +28,21 @@ if TYPE_CHECKING:
 
 CONFIG = "config.yaml"
 
-
 METRICS = "metrics.jsonl"
 
-
 BEST = "best"
-
 
 CHECKPOINT_PREFIX = "checkpoint_"
 STATE_FILE = "state.pt"  # in each checkpoint folder (orchestrator/worker/checkpoint.py)
 CHECKSUM_FILE = "state.sha256"  # written with state.pt; a copy that does not match is damaged
 
-
 STOP = "stop"
-
 
 EARLY_STOP = "stopped_early"  # the reason a sweep's scheduler gives when it drops a run (sweeps/schedulers.py)
 
-
 PAUSED = "paused"  # ended at `until_epoch`, to be resumed (a sweep's synchronous halving, sweeps/schedulers.py)
 
-
 END_EVENTS = ("finished", "failed", "stopped", PAUSED, EARLY_STOP)
-
 
 # Written by the driver when it starts the run's workers; a relaunch (resume) starts again
 LAUNCHED = "launched"

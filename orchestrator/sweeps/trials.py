@@ -31,9 +31,7 @@ from orchestrator.runs.record import RunRecord
 
 log = logging.getLogger(__name__)
 
-
 METRIC = "val/top1"
-
 
 _collected: dict[int, TrainConfig] | None = None
 
